@@ -1,0 +1,62 @@
+"""The application: settings, database, protocols, templates and channels wired together."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from sqlalchemy import Engine
+from sqlmodel import Session as DbSession
+
+from aftercare.channels import Channel
+from aftercare.channels.console import ConsoleChannel
+from aftercare.clock import Clock, system_clock
+from aftercare.config import Settings, config_path, load_settings
+from aftercare.db import make_engine, require_schema
+from aftercare.dispatch import Dispatcher
+from aftercare.protocols import ProtocolBook
+from aftercare.rendering import Renderer
+
+
+@dataclass
+class App:
+    """One configured aftercare instance; every CLI command goes through one of these."""
+
+    settings: Settings
+    engine: Engine
+    protocols: ProtocolBook
+    renderer: Renderer
+    clock: Clock = system_clock
+    console: TextIO | None = None  # where console channels print; None means stdout
+    channels: dict[str, Channel] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, clock: Clock = system_clock,
+                      console: TextIO | None = None) -> App:
+        app = cls(settings=settings, engine=make_engine(settings.database.url),
+                  protocols=ProtocolBook.load(), renderer=Renderer(), clock=clock,
+                  console=console)
+        app.channels = {"sms": ConsoleChannel("sms", console),
+                        "email": ConsoleChannel("email", console)}
+        return app
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, **kwargs: object) -> App:
+        """Load the config (see `config_path` for where it is looked for) and build the app."""
+        return cls.from_settings(load_settings(config_path(str(path) if path else None)),
+                                 **kwargs)  # type: ignore[arg-type]
+
+    @contextmanager
+    def db(self) -> Iterator[DbSession]:
+        """A database session on a schema this release understands."""
+        require_schema(self.engine)
+        with DbSession(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    def dispatcher(self, rng: random.Random | None = None) -> Dispatcher:
+        return Dispatcher(self.engine, self.settings, self.protocols, self.renderer,
+                          self.channels, rng or random.Random())

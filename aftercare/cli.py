@@ -1,0 +1,269 @@
+"""The `aftercare` command: parse, call the library, print. User errors exit with status 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from aftercare.app import App
+from aftercare.clock import parse_time, zone
+from aftercare.db import migrate
+from aftercare.errors import UserError
+from aftercare.models import Message, MessageStatus, Patient
+from aftercare.outbox import list_messages, message_json
+
+EXIT_USER_ERROR = 2
+
+
+def _fail(error: UserError) -> NoReturn:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+class _Group(click.Group):
+    """Turns every UserError raised by a command into one line on stderr and exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            _fail(error)
+
+
+def _app(ctx: click.Context, *, json_output: bool = False) -> App:
+    state = ctx.find_root().obj
+    if "app" not in state:
+        # With --json, stdout carries one JSON document: console channels print to stderr.
+        console = sys.stderr if json_output else None
+        state["app"] = App.from_config(state["config"], console=console)
+    return state["app"]
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@click.group(cls=_Group)
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="Config file (also AFTERCARE_CONFIG; default ./config/aftercare.toml).")
+@click.option("-v", "--verbose", is_flag=True, help="Log what is done (counts, never patient data).")
+@click.version_option(package_name="aftercare")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, verbose: bool) -> None:
+    """Aftercare messages for patients between mesotherapy sessions."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+    _logging(logging.INFO if verbose else logging.WARNING)
+
+
+def _logging(level: int) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create the database schema, or upgrade it to this release's. Safe to run again."""
+    app = _app(ctx)
+    before, after = migrate(app.engine)
+    url = app.engine.url.render_as_string(hide_password=True)
+    if before == after:
+        click.echo(f"Database {url} is up to date (schema {after}).")
+    else:
+        click.echo(f"Database {url} {'created' if before is None else 'upgraded'} "
+                   f"(schema {before or 'none'} -> {after}).")
+
+
+@cli.group()
+def patient() -> None:
+    """Add patients."""
+
+
+@patient.command("add")
+@click.option("--name", required=True, help="Full name; messages greet the first name.")
+@click.option("--phone", help="Mobile number, E.164 (+12125550123) or national for the clinic's country.")
+@click.option("--email", help="Email address.")
+@click.option("--timezone", help="IANA time zone (default: the clinic's).")
+@click.option("--locale", help="Message language (default: messaging.default_locale).")
+@click.option("--channels", help="sms, email or sms,email (default: every channel with contact data).")
+@click.option("--ref", help="The clinic's own patient reference.")
+@click.option("--json", "as_json", is_flag=True, help="Print {id, ref} as JSON.")
+@click.pass_context
+def patient_add(ctx: click.Context, as_json: bool, **fields: str | None) -> None:
+    """Add a patient with their contact data and consented channels."""
+    from aftercare.patients import NewPatient, add_patient
+
+    app = _app(ctx)
+    messaging = app.settings.messaging
+    with app.db() as db:
+        added = add_patient(db, NewPatient(**fields),  # type: ignore[arg-type]
+                            country=app.settings.clinic.country,
+                            default_timezone=app.settings.clinic.timezone,
+                            default_locale=messaging.default_locale,
+                            locales=app.renderer.locales(), clock=app.clock)
+    if as_json:
+        _emit({"id": added.id, "ref": added.ref})
+    else:
+        ref = f" (ref {added.ref})" if added.ref else ""
+        click.echo(f"Added patient {added.id}{ref}: {added.name}, "
+                   f"{added.channels.replace(',', '+')}, {added.timezone}, {added.locale}.")
+
+
+@cli.command()
+@click.argument("patient_ident", metavar="PATIENT")
+@click.option("--treatment", required=True, help="Protocol key, e.g. cellulite.")
+@click.option("--session-at", required=True, help="When the session took place (ISO 8601).")
+@click.option("--area", help="Treated area, e.g. thighs.")
+@click.option("--session-number", type=int, help="Which session of the course this was.")
+@click.option("--sessions-planned", type=int, help="Sessions in the course (default: protocol's).")
+@click.option("--next-session-at", help="The next booked session, if any (ISO 8601).")
+@click.option("--json", "as_json", is_flag=True, help="Print the planned messages as JSON.")
+@click.pass_context
+def enroll(ctx: click.Context, patient_ident: str, treatment: str, session_at: str,
+           area: str | None, session_number: int | None, sessions_planned: int | None,
+           next_session_at: str | None, as_json: bool) -> None:
+    """Enroll PATIENT (id or ref) after a session; plans every message of the protocol."""
+    from aftercare.enrollment import SessionVisit
+    from aftercare.enrollment import enroll as enroll_patient
+    from aftercare.patients import find_patient
+
+    app = _app(ctx)
+    clinic_tz = zone(app.settings.clinic.timezone)
+    protocol = app.protocols.get(treatment)
+    visit = SessionVisit(
+        treatment=treatment, session_at=parse_time(session_at, clinic_tz, "session-at"),
+        area=area, session_number=session_number, sessions_planned=sessions_planned,
+        next_session_at=(parse_time(next_session_at, clinic_tz, "next-session-at")
+                         if next_session_at else None))
+    with app.db() as db:
+        found = find_patient(db, patient_ident)
+        result = enroll_patient(db, found, protocol, visit,
+                                quiet=app.settings.messaging.quiet_hours, clock=app.clock)
+    if as_json:
+        keys = ("id", "step", "channel", "send_after", "status")
+        _emit({"course_id": result.course.id, "session_id": result.session.id,
+               "messages": [{k: message_json(m)[k] for k in keys} for m in result.messages]})
+        return
+    already = len(result.messages) - result.created
+    click.echo(f"Enrolled patient {found.id} in {treatment}: course {result.course.id}, "
+               f"session {result.session.number} of {result.course.sessions_planned}. "
+               f"{result.created} message(s) planned"
+               + (f", {already} already planned." if already else "."))
+    _table(result.messages, {found.id: found})
+
+
+@cli.command()
+@click.option("--patient", "patient_ident", help="Only this patient (id or ref).")
+@click.option("--status", type=click.Choice([s.value for s in MessageStatus]),
+              help="Only messages with this status.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_context
+def messages(ctx: click.Context, patient_ident: str | None, status: str | None,
+             as_json: bool) -> None:
+    """What will be sent, and when; what was sent, and what happened to it."""
+    from aftercare.patients import find_patient
+
+    app = _app(ctx)
+    with app.db() as db:
+        patient_id = find_patient(db, patient_ident).id if patient_ident else None
+        rows = list_messages(db, patient_id=patient_id, status=status)
+        patients = {p.id: p for p in db.exec(_patients_of(rows)).all()} if rows else {}
+    if as_json:
+        _emit([message_json(m) for m in rows])
+    elif not rows:
+        click.echo("No messages.")
+    else:
+        _table(rows, patients)
+
+
+def _patients_of(rows: list[Message]) -> Any:
+    from sqlmodel import col, select
+
+    return select(Patient).where(col(Patient.id).in_({m.patient_id for m in rows}))
+
+
+def _table(rows: list[Message], patients: dict[int | None, Patient]) -> None:
+    click.echo(f"{'ID':>5}  {'PATIENT':<8} {'STEP':<13} {'CHANNEL':<7} {'SEND AFTER (local)':<24}"
+               f" {'STATUS':<9} {'TRIES':>5}  DETAIL")
+    for m in rows:
+        owner = patients.get(m.patient_id)
+        local = m.send_after.astimezone(zone(owner.timezone)) if owner else m.send_after
+        when = f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
+        detail = m.last_error or m.provider_id or ""
+        click.echo(f"{m.id:>5}  {m.patient_id:<8} {m.step:<13} {m.channel:<7} {when:<24} "
+                   f"{m.status:<9} {m.attempts:>5}  {detail}")
+
+
+@cli.command("send-due")
+@click.option("--now", "now_text", help="Act as if the clock read this time (ISO 8601).")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.pass_context
+def send_due(ctx: click.Context, now_text: str | None, as_json: bool) -> None:
+    """One dispatch pass: send everything due now (or at --now), then stop."""
+    app = _app(ctx, json_output=as_json)
+    now = (parse_time(now_text, zone(app.settings.clinic.timezone), "now")
+           if now_text else app.clock())
+    with app.db():
+        pass  # refuses an uninitialised database before anything is claimed
+    dispatcher = app.dispatcher()
+    dispatcher.recover_stale(now)
+    counts = dispatcher.run_once(now)
+    if as_json:
+        _emit(counts.as_dict())
+    else:
+        click.echo(", ".join(f"{value} {name}" for name, value in counts.as_dict().items()))
+
+
+@cli.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Run the daemon: send due messages every poll interval until SIGTERM or Ctrl-C."""
+    from aftercare.daemon import run_daemon
+
+    _logging(min(logging.getLogger().level, logging.INFO))
+    run_daemon(_app(ctx))
+
+
+@cli.command("preview")
+@click.option("--treatment", required=True, help="Protocol key, e.g. cellulite.")
+@click.option("--locale", help="Language (default: messaging.default_locale).")
+@click.option("--channel", type=click.Choice(["sms", "email"]), help="Only this channel.")
+@click.pass_context
+def preview_command(ctx: click.Context, treatment: str, locale: str | None,
+                    channel: str | None) -> None:
+    """Show every message of a treatment as a sample patient would receive it."""
+    from aftercare.preview import preview
+
+    app = _app(ctx)
+    locale = locale or app.settings.messaging.default_locale
+    if locale not in app.renderer.locales():
+        raise UserError("locale", f"'{locale}' has no templates; use one of "
+                        f"{', '.join(app.renderer.locales())}")
+    items = preview(app.settings, app.renderer, app.protocols.get(treatment), locale, channel,
+                    today=app.clock())
+    for item in items:
+        click.echo(f"=== {item.step} [{item.channel}]  {item.timing}: {item.title}")
+        if item.rendered.subject:
+            click.echo(f"Subject: {item.rendered.subject}\n")
+        click.echo(item.rendered.text)
+        if item.channel == "sms":
+            click.echo(f"({len(item.rendered.text)} characters)")
+        click.echo()
+
+
+@cli.command()
+def demo() -> None:
+    """Play three sample patients' whole timelines in seconds (temporary database)."""
+    from aftercare.demo import run_demo
+
+    run_demo(sys.stdout)
+
+
+def main() -> None:
+    """Entry point of the `aftercare` script."""
+    cli(obj={})

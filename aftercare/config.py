@@ -1,0 +1,149 @@
+"""Clinic configuration: a TOML file, overridden by AFTERCARE_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import time
+from pathlib import Path
+from typing import Any, Literal
+
+import phonenumbers
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from aftercare.clock import zone
+from aftercare.errors import UserError
+from aftercare.quiet_hours import QuietHours
+
+DEFAULT_CONFIG = Path("config/aftercare.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClinicConfig(_Section):
+    name: str = Field("Aftercare Demo Clinic", min_length=1)
+    phone: str = Field("+1 212 555 0100", min_length=3)
+    email: str = "care@clinic.example"
+    emergency_number: str = Field("911", min_length=2)
+    timezone: str = "America/New_York"
+    country: str = "US"
+    booking_url: str = ""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zone(value)
+        except UserError as exc:
+            raise ValueError(exc.problem) from None
+        return value
+
+    @field_validator("country")
+    @classmethod
+    def _known_country(cls, value: str) -> str:
+        if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"'{value}' is not a two-letter country code (e.g. US, FR, GB)")
+        return value.upper()
+
+
+class MessagingConfig(_Section):
+    default_locale: str = "en"
+    quiet_start: time = time(20, 0)
+    quiet_end: time = time(9, 0)
+
+    @property
+    def quiet_hours(self) -> QuietHours:
+        return QuietHours(self.quiet_start, self.quiet_end)
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite:///aftercare.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql")):
+            raise ValueError(
+                f"'{value}' is not a supported database URL; use sqlite:///FILE.db or "
+                "postgresql+psycopg://USER@HOST/DB"
+            )
+        return value
+
+
+class ChannelConfig(_Section):
+    provider: Literal["console"] = "console"
+    max_attempts: int = Field(5, ge=1, le=50)
+
+
+class DaemonConfig(_Section):
+    poll_seconds: float = Field(15, gt=0, le=3600)
+    batch_size: int = Field(50, ge=1, le=10_000)
+    lease_seconds: int = Field(300, ge=30)
+    retry_base_seconds: float = Field(60, gt=0)
+    retry_max_seconds: float = Field(3600, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from configuration; secrets come only from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AFTERCARE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    clinic: ClinicConfig = ClinicConfig()
+    messaging: MessagingConfig = MessagingConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    sms: ChannelConfig = ChannelConfig()
+    email: ChannelConfig = ChannelConfig()
+    daemon: DaemonConfig = DaemonConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file, so an admin can point one daemon elsewhere.
+        return (env_settings, init_settings)
+
+
+def config_path(explicit: str | None) -> Path | None:
+    """The config file to read: --config, else AFTERCARE_CONFIG, else ./config/aftercare.toml."""
+    chosen = explicit or os.environ.get("AFTERCARE_CONFIG")
+    if chosen:
+        return Path(chosen)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate the configuration, or raise a one-line UserError."""
+    data: dict[str, Any] = {}
+    where = str(path) if path else "built-in defaults"
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError("config", f"{path} does not exist; pass --config PATH") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError("config", f"{path} is not valid TOML ({exc})") from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise UserError("config", _first_problem(exc, where)) from None
+
+
+def _first_problem(exc: ValidationError, where: str) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        problem = "unknown key; check its spelling against config/aftercare.toml"
+    else:
+        problem = str(error["msg"]).removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{key}: {problem} [{where}]{more}"

@@ -1,0 +1,95 @@
+"""Engine creation, schema migrations and the schema check every command runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import OperationalError
+from sqlmodel import create_engine
+
+from aftercare.errors import UserError
+from aftercare.resources import MIGRATIONS
+
+SQLITE_BUSY_MS = 30_000
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout and write-ahead locking."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, issue BEGIN (see "begin" below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Take the write lock up front: a read that later upgrades to a write fails at once
+        # with SQLITE_BUSY under WAL instead of waiting, which would break a claim while
+        # the CLI enrolls. IMMEDIATE makes the busy timeout apply.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return config
+
+
+def migrate(engine: Engine) -> tuple[str | None, str]:
+    """Create or upgrade the schema to the newest revision; returns (before, after)."""
+    config = _alembic_config(engine)
+    before = current_revision(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    return before, head_revision()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at, or None when it was never initialised."""
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except OperationalError as exc:
+        raise UserError("database", f"cannot open {engine.url}: {exc.orig}") from None
+
+
+def head_revision() -> str:
+    """The newest schema revision this release ships."""
+    head = ScriptDirectory.from_config(_alembic_config_for_scripts()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _alembic_config_for_scripts() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def require_schema(engine: Engine) -> None:
+    """Stop with a clear message unless the database is at this release's schema."""
+    current = current_revision(engine)
+    if current is None:
+        raise UserError("database", f"{engine.url} is not initialised; run `aftercare init`")
+    if current != head_revision():
+        raise UserError(
+            "database", f"{engine.url} is at schema {current}, this release needs "
+            f"{head_revision()}; run `aftercare init` to upgrade"
+        )

@@ -1,0 +1,277 @@
+"""Dispatch: claim due message rows, check them again, send, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+
+from jinja2 import TemplateError
+from sqlalchemy import Engine, update
+from sqlmodel import Session as DbSession
+from sqlmodel import col, select
+
+from aftercare.channels import Channel, Outgoing
+from aftercare.clock import zone
+from aftercare.config import Settings
+from aftercare.errors import SendError, UserError
+from aftercare.models import (
+    Course,
+    CourseStatus,
+    Message,
+    MessageStatus,
+    Patient,
+    Session,
+    SessionStatus,
+)
+from aftercare.protocols import ProtocolBook
+from aftercare.rendering import Rendered, Renderer, message_context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DispatchCounts:
+    """What one dispatch pass did, by outcome."""
+
+    sent: int = 0
+    failed: int = 0
+    retrying: int = 0
+    deferred: int = 0
+    expired: int = 0
+    cancelled: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @property
+    def total(self) -> int:
+        return sum(self.as_dict().values())
+
+
+@dataclass
+class _Prepared:
+    """A claimed message that passed its checks, rendered and addressed."""
+
+    outgoing: Outgoing
+    claimed_at: datetime
+    attempts: int
+
+
+@dataclass
+class Dispatcher:
+    """Sends what is due. One instance per process; safe to call from one thread at a time."""
+
+    engine: Engine
+    settings: Settings
+    protocols: ProtocolBook
+    renderer: Renderer
+    channels: Mapping[str, Channel]
+    rng: random.Random = field(default_factory=random.Random)
+
+    def run_once(self, now: datetime, stop: threading.Event | None = None) -> DispatchCounts:
+        """Send everything due at `now`, batch by batch, until nothing is left or `stop` is set."""
+        counts = DispatchCounts()
+        while stop is None or not stop.is_set():
+            claimed = self.claim(now, self.settings.daemon.batch_size)
+            if not claimed:
+                break
+            for index, message_id in enumerate(claimed):
+                if stop is not None and stop.is_set():
+                    self._release(claimed[index:])
+                    break
+                outcome = self.process(message_id, now)
+                setattr(counts, outcome, getattr(counts, outcome) + 1)
+        if counts.total:
+            log.info("dispatch: %s", " ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
+        return counts
+
+    def claim(self, now: datetime, limit: int) -> list[int]:
+        """Mark up to `limit` due rows as sending, committed before any network call."""
+        with DbSession(self.engine) as db:
+            # SKIP LOCKED lets several daemons share PostgreSQL without claiming the same row;
+            # SQLite ignores it and relies on BEGIN IMMEDIATE (one writer at a time).
+            ids = list(db.exec(
+                select(Message.id)
+                .where(Message.status == MessageStatus.PENDING, Message.send_after <= now)
+                .order_by(col(Message.send_after), col(Message.id))
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all())
+            if ids:
+                db.exec(update(Message)
+                        .where(col(Message.id).in_(ids), Message.status == MessageStatus.PENDING)
+                        .values(status=MessageStatus.SENDING, claimed_at=now,
+                                attempts=Message.attempts + 1, updated_at=now))
+            db.commit()
+        return [i for i in ids if i is not None]
+
+    def process(self, message_id: int, now: datetime) -> str:
+        """Check, render and send one claimed message; returns the outcome's name."""
+        with DbSession(self.engine) as db:
+            message = db.get(Message, message_id)
+            if message is None or message.status != MessageStatus.SENDING:
+                return "cancelled"
+            prepared = self._prepare(db, message, now)
+            if isinstance(prepared, str):
+                message.updated_at = now
+                db.add(message)
+                db.commit()
+                log.info("message %s (%s/%s): %s", message.id, message.step, message.channel,
+                         prepared)
+                return prepared
+            db.commit()  # end the read before the network call; SQLite must not stay locked
+        channel = self.channels[prepared.outgoing.channel]
+        try:
+            provider_id = channel.send(prepared.outgoing)
+        except SendError as exc:
+            return self._record_failure(prepared, exc, now)
+        except Exception as exc:
+            # A bug or an unexpected library error: keep the message, retry later.
+            log.exception("message %s: unexpected error from channel %s", message_id,
+                          channel.name)
+            return self._record_failure(prepared, SendError(repr(exc), permanent=False), now)
+        return self._record_sent(prepared, provider_id, now)
+
+    def _prepare(self, db: DbSession, message: Message, now: datetime) -> _Prepared | str:
+        """The message ready to send, or the outcome that replaces sending it."""
+        patient = db.get(Patient, message.patient_id)
+        course = db.get(Course, message.course_id)
+        session = db.get(Session, message.session_id)
+        assert patient is not None and course is not None and session is not None
+        reason = _why_not(patient, course, session, message.channel)
+        if reason is not None:
+            message.status, message.last_error = MessageStatus.CANCELLED, reason
+            return "cancelled"
+        if now >= message.expires_at:
+            message.status = MessageStatus.EXPIRED
+            message.last_error = "found due after its validity window"
+            return "expired"
+        tz = zone(patient.timezone)
+        allowed = self.settings.messaging.quiet_hours.next_allowed(now, tz)
+        if allowed > now:
+            if allowed >= message.expires_at:
+                message.status = MessageStatus.EXPIRED
+                message.last_error = "validity window ends inside quiet hours"
+                return "expired"
+            # Waiting for quiet hours to end is not an attempt.
+            message.status, message.send_after = MessageStatus.PENDING, allowed
+            message.attempts, message.claimed_at = message.attempts - 1, None
+            return "deferred"
+        try:
+            rendered = self._render(db, message, patient, course, session)
+        except (TemplateError, UserError) as exc:
+            message.status, message.last_error = MessageStatus.FAILED, f"template: {exc}"[:500]
+            log.error("message %s: cannot render %s/%s: %s", message.id, message.step,
+                      message.channel, exc)
+            return "failed"
+        to = patient.phone if message.channel == "sms" else patient.email
+        assert to is not None and message.id is not None and message.claimed_at is not None
+        outgoing = Outgoing(message_id=message.id, channel=message.channel, to=to,
+                            patient_name=patient.name, timezone=patient.timezone,
+                            step=message.step, text=rendered.text, subject=rendered.subject,
+                            html=rendered.html, at=now)
+        return _Prepared(outgoing, message.claimed_at, message.attempts)
+
+    def _render(self, db: DbSession, message: Message, patient: Patient, course: Course,
+                session: Session) -> Rendered:
+        protocol = self.protocols.get(course.treatment)
+        step = protocol.step(message.step)
+        sessions = db.exec(select(Session).where(Session.course_id == course.id)
+                           .order_by(col(Session.at))).all()
+        if step.anchor == "next_session":
+            next_session = session
+            done = [s for s in sessions if s.status == SessionStatus.COMPLETED and s.at < session.at]
+            session = done[-1] if done else session
+        else:
+            booked = [s for s in sessions if s.status == SessionStatus.BOOKED and s.at > session.at]
+            next_session = booked[0] if booked else None
+        first_sms = message.channel == "sms" and db.exec(
+            select(Message.id).where(Message.patient_id == patient.id, Message.channel == "sms",
+                                     Message.status == MessageStatus.SENT).limit(1)
+        ).first() is None
+        context = message_context(self.settings.clinic, patient, protocol, course, session,
+                                  next_session, first_sms=first_sms)
+        return self.renderer.render(patient.locale, message.step, message.channel, context)
+
+    def _record_sent(self, prepared: _Prepared, provider_id: str, now: datetime) -> str:
+        out = prepared.outgoing
+        with DbSession(self.engine) as db:
+            # Compare-and-swap on the claim: if recovery re-queued this row meanwhile, the
+            # row is no longer ours and must not be overwritten.
+            result = db.exec(update(Message)
+                             .where(col(Message.id) == out.message_id,
+                                    Message.status == MessageStatus.SENDING,
+                                    Message.claimed_at == prepared.claimed_at)
+                             .values(status=MessageStatus.SENT, sent_at=now,
+                                     provider_id=provider_id, body=out.text,
+                                     subject=out.subject, last_error=None, updated_at=now))
+            db.commit()
+        if result.rowcount != 1:
+            log.warning("message %s was sent but its claim had been taken over", out.message_id)
+        log.info("message %s (%s/%s): sent", out.message_id, out.step, out.channel)
+        return "sent"
+
+    def _record_failure(self, prepared: _Prepared, exc: SendError, now: datetime) -> str:
+        out = prepared.outgoing
+        limit = getattr(self.settings, out.channel).max_attempts
+        retry = not exc.permanent and prepared.attempts < limit
+        error = (f"{exc.code}: {exc.reason}" if exc.code else exc.reason)[:500]
+        values: dict[str, object] = {"last_error": error, "updated_at": now, "claimed_at": None}
+        if retry:
+            values |= {"status": MessageStatus.PENDING,
+                       "send_after": now + self.backoff(prepared.attempts)}
+        else:
+            values |= {"status": MessageStatus.FAILED}
+        with DbSession(self.engine) as db:
+            db.exec(update(Message)
+                    .where(col(Message.id) == out.message_id,
+                           Message.status == MessageStatus.SENDING,
+                           Message.claimed_at == prepared.claimed_at)
+                    .values(**values))
+            db.commit()
+        outcome = "retrying" if retry else "failed"
+        log.warning("message %s (%s/%s): %s after attempt %s: %s", out.message_id, out.step,
+                    out.channel, outcome, prepared.attempts, error)
+        return outcome
+
+    def backoff(self, attempts: int) -> timedelta:
+        """Exponential delay before the next attempt, with jitter so retries spread out."""
+        daemon = self.settings.daemon
+        delay = min(daemon.retry_base_seconds * 2 ** (attempts - 1), daemon.retry_max_seconds)
+        return timedelta(seconds=delay * self.rng.uniform(0.8, 1.2))
+
+    def _release(self, ids: list[int]) -> None:
+        """Give back claims not started (shutdown): they were never attempted."""
+        with DbSession(self.engine) as db:
+            db.exec(update(Message)
+                    .where(col(Message.id).in_(ids), Message.status == MessageStatus.SENDING)
+                    .values(status=MessageStatus.PENDING, claimed_at=None,
+                            attempts=Message.attempts - 1))
+            db.commit()
+
+    def recover_stale(self, now: datetime) -> int:
+        """Put back rows whose claim outlived its lease (the process died mid-send)."""
+        lease = timedelta(seconds=self.settings.daemon.lease_seconds)
+        with DbSession(self.engine) as db:
+            result = db.exec(update(Message)
+                             .where(Message.status == MessageStatus.SENDING,
+                                    col(Message.claimed_at) < now - lease)
+                              .values(status=MessageStatus.PENDING, claimed_at=None,
+                                     updated_at=now))
+            db.commit()
+        if result.rowcount:
+            log.warning("recovered %s message(s) whose send was interrupted", result.rowcount)
+        return result.rowcount
+
+
+def _why_not(patient: Patient, course: Course, session: Session, channel: str) -> str | None:
+    """Why a claimed message must not go out any more, or None."""
+    if course.status == CourseStatus.WITHDRAWN:
+        return "course withdrawn"
+    if session.status == SessionStatus.CANCELLED:
+        return "session cancelled"
+    return patient.unreachable_reason(channel)

@@ -1,0 +1,152 @@
+"""The tables. The message table is the queue: every planned send is a row."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC, so SQLite and PostgreSQL behave alike."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc(nullable: bool = False) -> Column:  # type: ignore[type-arg]
+    return Column(UTCDateTime(), nullable=nullable)
+
+
+class MessageStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class SessionStatus(StrEnum):
+    BOOKED = "booked"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class CourseStatus(StrEnum):
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    WITHDRAWN = "withdrawn"
+
+
+class Patient(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    ref: str | None = Field(default=None, unique=True, max_length=64)
+    name: str = Field(max_length=200)
+    phone: str | None = Field(default=None, max_length=20)  # E.164
+    email: str | None = Field(default=None, max_length=254)
+    timezone: str = Field(max_length=64)
+    locale: str = Field(max_length=8)
+    channels: str = Field(max_length=20)  # consented channels, comma-separated: "sms,email"
+    sms_opted_out_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    email_opted_out_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    phone_invalid_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    email_invalid_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    created_at: datetime = Field(sa_column=_utc())
+
+    @property
+    def channel_list(self) -> list[str]:
+        return [c for c in self.channels.split(",") if c]
+
+    @property
+    def first_name(self) -> str:
+        return self.name.split()[0] if self.name.split() else self.name
+
+    def unreachable_reason(self, channel: str) -> str | None:
+        """Why this patient must not get a message on `channel` now, or None."""
+        if channel not in self.channel_list:
+            return f"patient has not consented to {channel}"
+        if channel == "sms":
+            if not self.phone:
+                return "patient has no phone number"
+            if self.sms_opted_out_at:
+                return "patient opted out of sms"
+            if self.phone_invalid_at:
+                return "patient's phone number is invalid"
+        if channel == "email":
+            if not self.email:
+                return "patient has no email address"
+            if self.email_opted_out_at:
+                return "patient opted out of email"
+            if self.email_invalid_at:
+                return "patient's email address is invalid"
+        return None
+
+
+class Course(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    treatment: str = Field(max_length=64)
+    area: str = Field(default="", max_length=100)
+    sessions_planned: int
+    status: str = Field(default=CourseStatus.ACTIVE, max_length=16)
+    created_at: datetime = Field(sa_column=_utc())
+
+
+class Session(SQLModel, table=True):
+    """One visit. Named for the domain; SQLModel's own Session is imported as DbSession."""
+
+    __table_args__ = (UniqueConstraint("course_id", "at", name="uq_session_course_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    course_id: int = Field(foreign_key="course.id", index=True)
+    number: int
+    at: datetime = Field(sa_column=_utc())
+    status: str = Field(default=SessionStatus.BOOKED, max_length=16)
+    created_at: datetime = Field(sa_column=_utc())
+
+
+class Message(SQLModel, table=True):
+    """One planned send on one channel; its status is its place in the queue."""
+
+    __table_args__ = (
+        # Enrolling the same session twice plans nothing new.
+        UniqueConstraint("session_id", "step", "channel", name="uq_message_session_step_channel"),
+        # The dispatcher's only hot query: due pending rows, oldest first.
+        Index("ix_message_status_send_after", "status", "send_after"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    course_id: int = Field(foreign_key="course.id", index=True)
+    session_id: int = Field(foreign_key="session.id")
+    step: str = Field(max_length=64)
+    channel: str = Field(max_length=16)
+    status: str = Field(default=MessageStatus.PENDING, max_length=16)
+    send_after: datetime = Field(sa_column=_utc())
+    expires_at: datetime = Field(sa_column=_utc())
+    attempts: int = 0
+    claimed_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    sent_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    provider_id: str | None = Field(default=None, max_length=64)
+    subject: str | None = Field(default=None, max_length=300)
+    body: str | None = Field(default=None, sa_type=Text)
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(sa_column=_utc())
+    updated_at: datetime = Field(sa_column=_utc())

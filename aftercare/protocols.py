@@ -1,0 +1,166 @@
+"""Protocols: each treatment's plan of messages, read from TOML files clinics can edit."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+import tomllib
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from aftercare.errors import UserError
+from aftercare.resources import data_dir
+
+CHANNELS = ("sms", "email")
+_DURATION = re.compile(r"^(-?)(\d+)([mhd])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30m', '6h', '2d', '-1d' as a timedelta."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"'{text}' is not a duration; write e.g. 30m, 6h, 2d")
+    sign, amount, unit = match.groups()
+    delta = timedelta(**{_UNITS[unit]: int(amount)})
+    return -delta if sign else delta
+
+
+class Step(BaseModel):
+    """One message of a protocol: when it goes, for how long it stays worth sending, where."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    title: str
+    anchor: Literal["session", "next_session"] = "session"
+    after: timedelta | None = None
+    days: int | None = None
+    at: time | None = None
+    valid_for: timedelta
+    channels: tuple[Literal["sms", "email"], ...] = CHANNELS
+    on_sessions: Literal["every", "first", "last"] = "every"
+
+    @field_validator("after", "valid_for", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> Step:
+        if (self.after is None) == (self.days is None):
+            raise ValueError("give either `after` (e.g. \"4h\") or `days` with `at`")
+        if self.days is not None and self.at is None:
+            raise ValueError("`days` needs `at` (local time, e.g. \"10:00\")")
+        if self.valid_for <= timedelta(0):
+            raise ValueError("`valid_for` must be positive")
+        if not self.channels:
+            raise ValueError("`channels` must name at least one of sms, email")
+        return self
+
+    def applies_to(self, number: int, planned: int) -> bool:
+        """Whether this step is planned after session `number` of a `planned`-session course."""
+        if self.on_sessions == "first":
+            return number == 1
+        if self.on_sessions == "last":
+            return number >= planned
+        return True
+
+    def planned_at(self, anchor: datetime, tz: ZoneInfo) -> datetime:
+        """When this step falls for a session at `anchor`, computed in the patient's zone."""
+        if self.after is not None:
+            return anchor + self.after
+        assert self.days is not None and self.at is not None
+        day = anchor.astimezone(tz).date() + timedelta(days=self.days)
+        return datetime.combine(day, self.at, tzinfo=tz).astimezone(UTC)
+
+
+class Protocol(BaseModel):
+    """A treatment's plan: course defaults and the ordered steps."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    name: str
+    areas: tuple[str, ...] = ()
+    sessions: int = Field(ge=1, le=50)
+    spacing_days: tuple[int, int]
+    steps: tuple[Step, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_steps(self) -> Protocol:
+        keys = [step.key for step in self.steps]
+        if len(keys) != len(set(keys)):
+            raise ValueError("step keys must be unique")
+        return self
+
+    def step(self, key: str) -> Step:
+        for step in self.steps:
+            if step.key == key:
+                return step
+        raise KeyError(key)
+
+
+class ProtocolBook:
+    """All known protocols by treatment key."""
+
+    def __init__(self, protocols: dict[str, Protocol]) -> None:
+        self._protocols = dict(sorted(protocols.items()))
+
+    @classmethod
+    def load(cls, folder: Path | None = None) -> ProtocolBook:
+        """Read every `*.toml` in `folder` (default: the packaged protocols)."""
+        folder = folder or data_dir("protocols")
+        found: dict[str, Protocol] = {}
+        for path in sorted(folder.glob("*.toml")):
+            protocol = load_protocol(path)
+            found[protocol.key] = protocol
+        return cls(found)
+
+    def __iter__(self) -> Iterator[Protocol]:
+        return iter(self._protocols.values())
+
+    def get(self, key: str, field: str = "treatment") -> Protocol:
+        """The protocol for `key`, or a UserError listing the known treatments."""
+        try:
+            return self._protocols[key]
+        except KeyError:
+            known = ", ".join(self._protocols) or "none"
+            raise UserError(field, f"unknown treatment '{key}'; known: {known}") from None
+
+
+def load_protocol(path: Path) -> Protocol:
+    """Read one protocol file, or raise a UserError naming the file and key."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        protocol = Protocol(**data)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError("protocol", f"{path} is not valid TOML ({exc})") from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        problem = str(error["msg"]).removeprefix("Value error, ")
+        raise UserError("protocol", f"{path}: {key}: {problem}") from None
+    if protocol.key != path.stem:
+        raise UserError("protocol", f"{path}: key '{protocol.key}' must equal the file name")
+    return protocol
+
+
+def describe_timing(step: Step) -> str:
+    """When a step goes, in words, for staff listings and previews."""
+    anchor = "the session" if step.anchor == "session" else "the next session"
+    if step.after is not None:
+        hours = step.after.total_seconds() / 3600
+        amount = f"{abs(hours):g}h" if abs(hours) < 48 else f"{abs(hours) / 24:g} days"
+        return f"{amount} {'after' if hours >= 0 else 'before'} {anchor}"
+    assert step.days is not None and step.at is not None
+    if step.days == 0:
+        day = f"day of {anchor}"
+    else:
+        count = f"{abs(step.days)} day{'s' if abs(step.days) != 1 else ''}"
+        day = f"{count} {'after' if step.days > 0 else 'before'} {anchor}"
+    return f"{day}, {step.at:%H:%M} local time"

@@ -1,0 +1,112 @@
+"""Rendering a step's templates for one patient, at send time, in their locale and zone."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from babel.dates import format_date, format_time
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
+
+from aftercare.clock import zone
+from aftercare.config import ClinicConfig
+from aftercare.models import Course, Patient, Session
+from aftercare.protocols import Protocol
+from aftercare.resources import data_dir
+
+# Babel/CLDR put narrow and plain no-break spaces in times ("10:00\u202fAM"); either one
+# silently turns a whole SMS into UCS-2, halving what fits in a segment.
+_SPACES = str.maketrans({"\u202f": " ", "\xa0": " "})
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A message ready for a channel: SMS uses `text` only."""
+
+    text: str
+    subject: str | None = None
+    html: str | None = None
+
+
+class Renderer:
+    """Finds templates (clinic folders first, then the packaged ones) and renders them."""
+
+    def __init__(self, folders: list[Path] | None = None) -> None:
+        self.folders = [*(folders or []), data_dir("templates")]
+        loader = FileSystemLoader([str(folder) for folder in self.folders])
+        self._text = Environment(loader=loader, undefined=StrictUndefined, autoescape=False)
+        self._html = Environment(loader=loader, undefined=StrictUndefined, autoescape=True)
+
+    def locales(self) -> tuple[str, ...]:
+        """Locales that have a template folder."""
+        found = {p.name for folder in self.folders if folder.is_dir()
+                 for p in folder.iterdir() if p.is_dir() and not p.name.startswith("_")}
+        return tuple(sorted(found))
+
+    def render(self, locale: str, step: str, channel: str, context: dict[str, Any]) -> Rendered:
+        """Render `step` for `channel`; raises jinja2 errors for broken or missing templates."""
+        base = f"{locale}/{step}"
+        if channel == "sms":
+            return Rendered(text=_tidy(self._text.get_template(f"{base}.sms.txt").render(context)))
+        subject = " ".join(self._text.get_template(f"{base}.subject.txt").render(context).split())
+        text = _tidy(self._text.get_template(f"{base}.email.txt").render(context))
+        try:
+            html = self._html.get_template(f"{base}.email.html").render(context)
+        except TemplateNotFound:
+            html = self._html.get_template(f"{locale}/_email.html").render(
+                {**context, "subject": subject, "paragraphs": paragraphs(text), "lang": locale})
+        return Rendered(text=text, subject=subject, html=html)
+
+
+def _tidy(text: str) -> str:
+    """Trailing spaces off, at most one blank line in a row, no leading or trailing blank."""
+    lines = [line.rstrip() for line in text.translate(_SPACES).splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def paragraphs(text: str) -> list[dict[str, Any]]:
+    """Plain text as HTML-ready blocks: paragraphs, and lists where every line starts '- '."""
+    blocks: list[dict[str, Any]] = []
+    for chunk in text.split("\n\n"):
+        lines = chunk.splitlines()
+        if lines and all(line.startswith("- ") for line in lines):
+            blocks.append({"kind": "list", "items": [line[2:] for line in lines]})
+        elif lines:
+            blocks.append({"kind": "text", "text": " ".join(lines)})
+    return blocks
+
+
+def _moment(at: datetime, timezone: str, locale: str) -> dict[str, str]:
+    local = at.astimezone(zone(timezone))
+    return {"date": format_date(local, "EEEE d MMMM", locale=locale).translate(_SPACES),
+            "time": format_time(local, "short", locale=locale).translate(_SPACES)}
+
+
+def message_context(
+    clinic: ClinicConfig,
+    patient: Patient,
+    protocol: Protocol,
+    course: Course,
+    session: Session,
+    next_session: Session | None,
+    *,
+    first_sms: bool,
+) -> dict[str, Any]:
+    """The variables every template may use (documented in docs/content.md)."""
+    tz, locale = patient.timezone, patient.locale
+    return {
+        "clinic": {"name": clinic.name, "phone": clinic.phone, "email": clinic.email,
+                   "emergency_number": clinic.emergency_number,
+                   "booking_url": clinic.booking_url},
+        "patient": {"first_name": patient.first_name, "name": patient.name},
+        "treatment": {"key": protocol.key, "name": protocol.name},
+        "area": course.area,
+        "session": {"number": session.number, **_moment(session.at, tz, locale)},
+        "course": {"sessions_planned": course.sessions_planned},
+        "next_session": None if next_session is None else {
+            "number": next_session.number, **_moment(next_session.at, tz, locale)},
+        "first_sms": first_sms,
+    }
