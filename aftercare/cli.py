@@ -39,7 +39,11 @@ def _app(ctx: click.Context, *, json_output: bool = False) -> App:
     if "app" not in state:
         # With --json, stdout carries one JSON document: console channels print to stderr.
         console = sys.stderr if json_output else None
-        state["app"] = App.from_config(state["config"], console=console)
+        app = App.from_config(state["config"], console=console)
+        if state["now"]:
+            fixed = parse_time(state["now"], zone(app.settings.clinic.timezone), "now")
+            app.clock = lambda: fixed
+        state["app"] = app
     return state["app"]
 
 
@@ -51,12 +55,15 @@ def _emit(data: Any) -> None:
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
               help="Config file (also AFTERCARE_CONFIG; default ./config/aftercare.toml).")
 @click.option("-v", "--verbose", is_flag=True, help="Log what is done (counts, never patient data).")
+@click.option("--now", "now", metavar="TIME",
+              help="Act as if the clock read TIME (ISO 8601): for replays and tests.")
 @click.version_option(package_name="aftercare")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, config: str | None, verbose: bool, now: str | None) -> None:
     """Aftercare messages for patients between mesotherapy sessions."""
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
+    ctx.obj["now"] = now
     _logging(logging.INFO if verbose else logging.WARNING)
 
 

@@ -1,0 +1,97 @@
+"""Shared fixtures: a clinic config on a real SQLite file, a CLI runner, a fixed clock."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from aftercare.app import App
+from aftercare.cli import cli
+from aftercare.db import migrate
+
+CONFIG = """\
+[clinic]
+name = "Lumiere Aesthetics"
+phone = "+1 212 555 0100"
+email = "care@lumiere.example"
+emergency_number = "911"
+timezone = "America/New_York"
+country = "US"
+
+[messaging]
+quiet_start = "20:00"
+quiet_end = "09:00"
+
+[database]
+url = "sqlite:///{db}"
+
+[daemon]
+poll_seconds = 0.2
+lease_seconds = 300
+"""
+
+
+@dataclass
+class Clinic:
+    """A configured clinic in a temporary folder, driven through the real CLI."""
+
+    folder: Path
+    config: Path
+    db_path: Path
+
+    def run(self, *args: str) -> Result:
+        return CliRunner().invoke(cli, ["--config", str(self.config), *args], obj={})
+
+    def json(self, *args: str) -> Any:
+        result = self.run(*args, "--json")
+        assert result.exit_code == 0, result.output + result.stderr
+        return json.loads(result.stdout)
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.db_path) as conn:
+            return conn.execute(sql).fetchall()
+
+    def count(self, table: str) -> int:
+        return self.rows(f"SELECT count(*) FROM {table}")[0][0]
+
+    def app(self, clock: Callable[[], datetime] | None = None, **kwargs: Any) -> App:
+        return App.from_config(self.config, **({"clock": clock} if clock else {}), **kwargs)
+
+
+@pytest.fixture
+def clinic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Clinic:
+    """A clinic whose database is initialised; the working directory is a temp folder."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("AFTERCARE_CONFIG", "AFTERCARE_DATABASE__URL"):
+        monkeypatch.delenv(name, raising=False)
+    db_path = tmp_path / "clinic.db"
+    config = tmp_path / "aftercare.toml"
+    config.write_text(CONFIG.format(db=db_path), encoding="utf-8")
+    made = Clinic(tmp_path, config, db_path)
+    migrate(made.app().engine)
+    return made
+
+
+class FixedClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def utc(text: str) -> datetime:
+    """An ISO time as aware UTC (offset required in tests, to be explicit)."""
+    moment = datetime.fromisoformat(text)
+    assert moment.tzinfo is not None, "give tests explicit offsets"
+    return moment.astimezone(UTC)

@@ -1,0 +1,124 @@
+"""Every user mistake: one line naming the field, exit status 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import Clinic
+
+NOW = "2026-03-07T12:00-05:00"
+
+
+def _tables(clinic: Clinic) -> tuple[int, ...]:
+    return tuple(clinic.count(t) for t in ("patient", "course", "session", "message"))
+
+
+def _assert_user_error(result, field: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {field}:"), lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def jane(clinic: Clinic) -> Clinic:
+    result = clinic.run("patient", "add", "--name", "Jane Doe", "--phone", "+12125550123",
+                        "--email", "jane@example.com", "--ref", "J1")
+    assert result.exit_code == 0, result.output
+    return clinic
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--phone", "12345"], "phone"),
+        (["--phone", "+1 212 555 01234567"], "phone"),
+        (["--email", "jane@"], "email"),
+        (["--phone", "+12125550123", "--timezone", "Mars/Olympus"], "timezone"),
+        (["--phone", "+12125550123", "--locale", "xx"], "locale"),
+        (["--phone", "+12125550123", "--channels", "sms,fax"], "channels"),
+        (["--email", "jane@example.com", "--channels", "sms"], "channels"),
+        ([], "phone"),
+    ],
+)
+def test_patient_add_rejects_bad_fields(clinic: Clinic, args: list[str], field: str) -> None:
+    result = clinic.run("patient", "add", "--name", "Jane Doe", *args)
+    _assert_user_error(result, field)
+    assert _tables(clinic) == (0, 0, 0, 0)
+
+
+def test_duplicate_ref_is_refused(jane: Clinic) -> None:
+    result = jane.run("patient", "add", "--name", "Other", "--phone", "+12125550199",
+                      "--ref", "J1")
+    _assert_user_error(result, "ref")
+    assert jane.count("patient") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["J1", "--treatment", "botox-deluxe", "--session-at", "2026-03-07T10:00"], "treatment"),
+        (["nobody", "--treatment", "cellulite", "--session-at", "2026-03-07T10:00"], "patient"),
+        (["J1", "--treatment", "cellulite", "--session-at", "yesterday"], "session-at"),
+        (["J1", "--treatment", "cellulite", "--session-at", "2026-03-07T25:00"], "session-at"),
+        (["J1", "--treatment", "cellulite", "--session-at", "2026-03-09T10:00"], "session-at"),
+        (["J1", "--treatment", "cellulite", "--session-at", "2026-03-07T10:00",
+          "--next-session-at", "2026-03-06T10:00"], "next-session-at"),
+        (["J1", "--treatment", "cellulite", "--session-at", "2026-03-07T10:00",
+          "--next-session-at", "soon"], "next-session-at"),
+        (["J1", "--treatment", "cellulite", "--session-at", "2026-03-07T10:00",
+          "--session-number", "0"], "session-number"),
+    ],
+)
+def test_enroll_rejects_bad_fields(jane: Clinic, args: list[str], field: str) -> None:
+    result = jane.run("--now", NOW, "enroll", *args)
+    _assert_user_error(result, field)
+    assert _tables(jane) == (1, 0, 0, 0)
+
+
+def test_bad_now_is_a_user_error(jane: Clinic) -> None:
+    _assert_user_error(jane.run("send-due", "--now", "noon"), "now")
+    _assert_user_error(jane.run("--now", "noon", "messages"), "now")
+
+
+@pytest.mark.parametrize(
+    ("text", "mentions"),
+    [
+        ("[clinic]\ntimezone = 'Mars/Olympus'\n", "clinic.timezone"),
+        ("[clinic]\ncountry = 'ZZ'\n", "clinic.country"),
+        ("[clinc]\nname = 'x'\n", "clinc: unknown key"),
+        ("[messaging]\nquiet_start = '25:00'\n", "messaging.quiet_start"),
+        ("[daemon]\npoll_seconds = -1\n", "daemon.poll_seconds"),
+        ("[database]\nurl = 'mysql://x'\n", "database.url"),
+        ("[clinic\nname = 'x'\n", "not valid TOML"),
+    ],
+)
+def test_broken_config_is_one_line(clinic: Clinic, text: str, mentions: str) -> None:
+    broken = clinic.folder / "broken.toml"
+    broken.write_text(text, encoding="utf-8")
+    result = clinic.run("--config", str(broken), "messages")
+    _assert_user_error(result, "config")
+    assert mentions in result.stderr
+    assert str(broken) in result.stderr
+
+
+def test_missing_config_file(clinic: Clinic) -> None:
+    result = clinic.run("--config", str(clinic.folder / "nope.toml"), "messages")
+    _assert_user_error(result, "config")
+
+
+def test_uninitialised_database_says_run_init(clinic: Clinic, tmp_path: Path) -> None:
+    config = tmp_path / "fresh.toml"
+    config.write_text(f"[database]\nurl = 'sqlite:///{tmp_path / 'fresh.db'}'\n")
+    result = clinic.run("--config", str(config), "messages")
+    _assert_user_error(result, "database")
+    assert "aftercare init" in result.stderr
+
+
+def test_unknown_treatment_in_preview(clinic: Clinic) -> None:
+    _assert_user_error(clinic.run("preview", "--treatment", "nope"), "treatment")
+    _assert_user_error(clinic.run("preview", "--treatment", "cellulite", "--locale", "xx"),
+                       "locale")

@@ -1,0 +1,282 @@
+"""Dispatch with an injected clock: what is sent when, and what happens when sends fail."""
+
+from __future__ import annotations
+
+import io
+import random
+import threading
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import event
+
+from aftercare.app import App
+from aftercare.channels import Outgoing
+from aftercare.errors import SendError
+from aftercare.outbox import next_due
+from conftest import Clinic, FixedClock, utc
+
+SESSION = utc("2026-03-02T10:30-05:00")  # a Monday, well away from DST
+
+
+class ScriptedChannel:
+    """A channel whose outcomes the test scripts; records what it was asked to send."""
+
+    def __init__(self, name: str, outcomes: list[Exception | None] | None = None,
+                 on_send: object = None) -> None:
+        self.name = name
+        self.outcomes = list(outcomes or [])
+        self.sent: list[Outgoing] = []
+        self.on_send = on_send
+
+    def send(self, message: Outgoing) -> str:
+        if callable(self.on_send):
+            self.on_send(message)
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if outcome is not None:
+            raise outcome
+        self.sent.append(message)
+        return f"scripted-{message.message_id}"
+
+
+@pytest.fixture
+def enrolled(clinic: Clinic) -> Clinic:
+    clinic.json("patient", "add", "--name", "Jane <b>Doe</b>", "--phone", "+12125550123",
+                "--email", "jane@example.com", "--ref", "J1")
+    clinic.json("--now", "2026-03-02T11:00-05:00", "enroll", "J1", "--treatment", "cellulite",
+                "--session-at", "2026-03-02T10:30", "--next-session-at", "2026-03-16T10:30")
+    return clinic
+
+
+def _app(clinic: Clinic, clock: FixedClock, **channels: ScriptedChannel) -> App:
+    app = clinic.app(clock=clock, console=io.StringIO())
+    app.channels.update(channels)
+    return app
+
+
+def _status(clinic: Clinic, step: str, channel: str) -> tuple:  # type: ignore[type-arg]
+    return clinic.rows(f"SELECT status, attempts, last_error FROM message "
+                       f"WHERE step = '{step}' AND channel = '{channel}'")[0]
+
+
+def test_each_message_goes_at_its_time_and_only_once(enrolled: Clinic) -> None:
+    sms = ScriptedChannel("sms")
+    clock = FixedClock(SESSION + timedelta(minutes=59))
+    dispatcher = _app(enrolled, clock, sms=sms).dispatcher()
+    assert dispatcher.run_once(clock.now).sent == 0
+    clock.now = SESSION + timedelta(hours=1)
+    counts = dispatcher.run_once(clock.now)
+    assert (counts.sent, counts.total) == (2, 2)  # first_48h on sms and email
+    assert dispatcher.run_once(clock.now).total == 0
+    assert [m.step for m in sms.sent] == ["first_48h"]
+    # A daemon that never misses a beat: tick at each next due time for 60 days.
+    end = SESSION + timedelta(days=60)
+    while (due := next_due(dispatcher.engine)) is not None and due < end:
+        clock.now = due
+        dispatcher.run_once(clock.now)
+    # Everything is sent exactly once, in planned order.
+    assert [m.step for m in sms.sent] == ["first_48h", "arnica", "activity", "check_48h",
+                                          "routine", "next_session", "results"]
+    assert enrolled.rows("SELECT status, count(*) FROM message GROUP BY status") == [
+        ("sent", 14)]
+
+
+def test_sent_message_stores_rendered_text_and_provider_id(enrolled: Clinic) -> None:
+    clock = FixedClock(SESSION + timedelta(days=60))
+    app = enrolled.app(clock=clock, console=io.StringIO())
+    for moment in (SESSION + timedelta(hours=1), SESSION + timedelta(hours=4)):
+        clock.now = moment
+        app.dispatcher().run_once(moment)
+    rows = enrolled.rows("SELECT step, channel, provider_id, body, subject, sent_at FROM message "
+                         "WHERE status = 'sent' ORDER BY id")
+    assert [(r[0], r[1]) for r in rows] == [("first_48h", "sms"), ("first_48h", "email"),
+                                            ("arnica", "sms"), ("arnica", "email")]
+    first_sms, _, second_sms, _ = (r[3] for r in rows)
+    assert "Reply STOP to opt out" in first_sms
+    assert "Reply STOP" not in second_sms  # only the first SMS a patient ever gets
+    for step, channel, provider_id, body, subject, sent_at in rows:
+        assert provider_id and provider_id.startswith("console-")
+        assert "Lumiere Aesthetics" in body and "+1 212 555 0100" in body
+        assert (subject is None) == (channel == "sms")
+        assert sent_at is not None
+        assert "\u202f" not in body and "\xa0" not in body
+
+
+def test_html_part_escapes_patient_data(enrolled: Clinic) -> None:
+    email = ScriptedChannel("email")
+    clock = FixedClock(SESSION + timedelta(hours=1))
+    _app(enrolled, clock, email=email).dispatcher().run_once(clock.now)
+    [message] = email.sent
+    assert message.html is not None and message.subject is not None
+    assert "Jane &lt;b&gt;Doe" not in message.html  # greets the first name only...
+    assert "<b>" not in message.html  # ...and never lets markup through
+    assert "Jane" in message.text and "911" in message.text
+
+
+def test_a_week_long_outage_expires_stale_messages(enrolled: Clinic) -> None:
+    sms, email = ScriptedChannel("sms"), ScriptedChannel("email")
+    now = utc("2026-03-08T12:00-05:00")  # six days later, at noon
+    counts = _app(enrolled, FixedClock(now), sms=sms, email=email).dispatcher().run_once(now)
+    assert counts.expired == 8  # first_48h, arnica, activity, check_48h on both channels
+    assert counts.sent == 2  # routine (day 6, 10:00, valid for 2 days) still worth it
+    assert [m.step for m in sms.sent] == ["routine"]
+    assert _status(enrolled, "first_48h", "sms")[0] == "expired"
+    assert _status(enrolled, "next_session", "sms")[0] == "pending"
+
+
+def test_due_inside_quiet_hours_is_deferred_to_the_morning(clinic: Clinic) -> None:
+    clinic.json("patient", "add", "--name", "Kim Lee", "--phone", "+12125550125", "--ref", "K1")
+    clinic.json("--now", "2026-03-02T18:30-05:00", "enroll", "K1", "--treatment", "cellulite",
+                "--session-at", "2026-03-02T18:00")
+    sms = ScriptedChannel("sms")
+    now = utc("2026-03-02T20:30-05:00")  # first_48h was due at 19:00; the daemon was down
+    app = _app(clinic, FixedClock(now), sms=sms)
+    counts = app.dispatcher().run_once(now)
+    assert (counts.deferred, counts.sent) == (1, 0)
+    assert _status(clinic, "first_48h", "sms") == ("pending", 0, None)
+    assert clinic.rows("SELECT send_after FROM message WHERE step = 'first_48h'") == [
+        ("2026-03-03 14:00:00.000000",)]  # 09:00 EST
+    counts = app.dispatcher().run_once(utc("2026-03-03T09:00-05:00"))
+    assert counts.sent == 2  # first_48h, and arnica (22:00 was planned for 09:00)
+    assert [m.step for m in sms.sent] == ["first_48h", "arnica"]
+
+
+def test_window_ending_inside_quiet_hours_expires(enrolled: Clinic) -> None:
+    now = utc("2026-03-02T21:00-05:00")  # down all day: 11:30 and 14:30 sends missed
+    counts = _app(enrolled, FixedClock(now)).dispatcher().run_once(now)
+    # Held to 09:00 they would be ~20 hours late, past their 16-hour window.
+    assert (counts.expired, counts.deferred, counts.sent) == (4, 0, 0)
+    assert _status(enrolled, "arnica", "sms") == ("expired", 1,
+                                                  "validity window ends inside quiet hours")
+
+
+def test_consent_withdrawn_before_send_cancels(enrolled: Clinic) -> None:
+    with __import__("sqlite3").connect(enrolled.db_path) as conn:
+        conn.execute("UPDATE patient SET channels = 'email'")
+    sms = ScriptedChannel("sms")
+    now = SESSION + timedelta(hours=1)
+    counts = _app(enrolled, FixedClock(now), sms=sms).dispatcher().run_once(now)
+    assert (counts.cancelled, counts.sent) == (1, 1)
+    assert sms.sent == []
+    assert _status(enrolled, "first_48h", "sms") == ("cancelled", 1,
+                                                     "patient has not consented to sms")
+
+
+def test_transient_failure_retries_with_backoff_then_sends(enrolled: Clinic) -> None:
+    sms = ScriptedChannel("sms", [SendError("HTTP 503", permanent=False)])
+    now = SESSION + timedelta(hours=1)
+    app = _app(enrolled, FixedClock(now), sms=sms)
+    dispatcher = app.dispatcher(random.Random(7))
+    assert dispatcher.run_once(now).retrying == 1
+    status, attempts, error = _status(enrolled, "first_48h", "sms")
+    assert (status, attempts, error) == ("pending", 1, "HTTP 503")
+    [(retry_at,)] = enrolled.rows("SELECT send_after FROM message WHERE step = 'first_48h' "
+                                  "AND channel = 'sms'")
+    delay = datetime.fromisoformat(retry_at) - now.replace(tzinfo=None)
+    assert timedelta(seconds=48) <= delay <= timedelta(seconds=72)  # 60 s +- 20 % jitter
+    assert dispatcher.run_once(now + timedelta(seconds=30)).total == 0
+    assert dispatcher.run_once(now + timedelta(seconds=80)).sent == 1
+    assert _status(enrolled, "first_48h", "sms") == ("sent", 2, None)
+
+
+def test_backoff_grows_exponentially_and_is_capped(enrolled: Clinic) -> None:
+    dispatcher = enrolled.app().dispatcher(random.Random(1))
+    delays = [dispatcher.backoff(n).total_seconds() for n in range(1, 10)]
+    assert 48 <= delays[0] <= 72 and 96 <= delays[1] <= 144 and 192 <= delays[2] <= 288
+    assert all(d <= 3600 * 1.2 for d in delays) and delays[-1] >= 3600 * 0.8
+
+
+def test_transient_failures_stop_at_max_attempts(enrolled: Clinic) -> None:
+    sms = ScriptedChannel("sms", [SendError("timeout", permanent=False)] * 5)
+    now = SESSION + timedelta(hours=1)
+    dispatcher = _app(enrolled, FixedClock(now), sms=sms).dispatcher()
+    outcomes = []
+    # Passes just after each backoff (60, 120, 240, 480 s, +-20 %) has run out.
+    for minutes in (0, 3, 8, 15, 30):
+        counts = dispatcher.run_once(now + timedelta(minutes=minutes))
+        outcomes.append((counts.retrying, counts.failed))
+    assert outcomes == [(1, 0)] * 4 + [(0, 1)]
+    assert _status(enrolled, "first_48h", "sms") == ("failed", 5, "timeout")
+
+
+def test_permanent_failure_fails_at_once_with_its_code(enrolled: Clinic) -> None:
+    sms = ScriptedChannel("sms", [SendError("unknown destination", permanent=True, code="21211")])
+    now = SESSION + timedelta(hours=1)
+    counts = _app(enrolled, FixedClock(now), sms=sms).dispatcher().run_once(now)
+    assert counts.failed == 1
+    assert _status(enrolled, "first_48h", "sms") == ("failed", 1, "21211: unknown destination")
+
+
+def test_unexpected_channel_error_is_retried_not_lost(enrolled: Clinic) -> None:
+    sms = ScriptedChannel("sms", [RuntimeError("boom")])
+    now = SESSION + timedelta(hours=1)
+    counts = _app(enrolled, FixedClock(now), sms=sms).dispatcher().run_once(now)
+    assert counts.retrying == 1
+    assert _status(enrolled, "first_48h", "sms")[0] == "pending"
+
+
+def test_crash_after_claim_is_recovered_after_the_lease(enrolled: Clinic) -> None:
+    now = SESSION + timedelta(hours=1)
+    sms = ScriptedChannel("sms")
+    dispatcher = _app(enrolled, FixedClock(now), sms=sms).dispatcher()
+    claimed = dispatcher.claim(now, 10)  # ...and the process dies before sending
+    assert len(claimed) == 2
+    assert dispatcher.run_once(now).total == 0  # claimed rows are not sent twice
+    assert dispatcher.recover_stale(now + timedelta(seconds=299)) == 0
+    later = now + timedelta(seconds=301)
+    assert dispatcher.recover_stale(later) == 2
+    assert dispatcher.run_once(later).sent == 2
+    assert [m.step for m in sms.sent] == ["first_48h"]
+    assert _status(enrolled, "first_48h", "sms")[:2] == ("sent", 2)
+
+
+def test_a_taken_over_claim_is_not_overwritten(enrolled: Clinic) -> None:
+    now = SESSION + timedelta(hours=1)
+    late = now + timedelta(minutes=10)
+
+    def recover_meanwhile(message: Outgoing) -> None:
+        # The lease ran out while this send hung; recovery requeues and resends it.
+        if message.step == "first_48h" and not hung:
+            hung.append(message)
+            dispatcher.recover_stale(late)
+            assert dispatcher.run_once(late).sent == 1
+
+    hung: list[Outgoing] = []
+    sms = ScriptedChannel("sms", on_send=recover_meanwhile)
+    app = _app(enrolled, FixedClock(now), sms=sms, email=ScriptedChannel("email"))
+    app.settings.daemon.batch_size = 1
+    dispatcher = app.dispatcher()
+    dispatcher.process(dispatcher.claim(now, 1)[0], now)
+    # The recovered send was recorded at `late`; the hung one must not overwrite it.
+    assert enrolled.rows("SELECT status, sent_at FROM message WHERE step = 'first_48h' "
+                         "AND channel = 'sms'") == [("sent", "2026-03-02 16:40:00.000000")]
+
+
+def test_stop_between_messages_gives_back_unstarted_claims(enrolled: Clinic) -> None:
+    stop = threading.Event()
+    sms = ScriptedChannel("sms", on_send=lambda _m: stop.set())
+    now = SESSION + timedelta(hours=1)  # first_48h due on sms, then email
+    counts = _app(enrolled, FixedClock(now), sms=sms).dispatcher().run_once(now, stop)
+    assert counts.sent == 1  # the send in flight finishes...
+    # ...and the claimed email is handed back untouched, not left for lease recovery.
+    assert _status(enrolled, "first_48h", "sms") == ("sent", 1, None)
+    assert _status(enrolled, "first_48h", "email") == ("pending", 0, None)
+    assert enrolled.count("message WHERE status = 'sending'") == 0
+
+
+def test_claim_query_uses_the_status_send_after_index(enrolled: Clinic) -> None:
+    app = enrolled.app()
+    statements: list[tuple[str, object]] = []
+
+    @event.listens_for(app.engine, "before_cursor_execute")
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT MESSAGE.ID"):
+            statements.append((statement, parameters))
+
+    app.dispatcher().claim(SESSION, 50)
+    [(sql, params)] = statements
+    with app.engine.connect() as conn:
+        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(
+            f"EXPLAIN QUERY PLAN {sql}", params))
+    assert "INDEX ix_message_status_send_after (status=? AND send_after<?)" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan  # the index also gives the order: no sort
