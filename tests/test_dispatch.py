@@ -94,7 +94,7 @@ def test_sent_message_stores_rendered_text_and_provider_id(enrolled: Clinic) -> 
     first_sms, _, second_sms, _ = (r[3] for r in rows)
     assert "Reply STOP to opt out" in first_sms
     assert "Reply STOP" not in second_sms  # only the first SMS a patient ever gets
-    for step, channel, provider_id, body, subject, sent_at in rows:
+    for _step, channel, provider_id, body, subject, sent_at in rows:
         assert provider_id and provider_id.startswith("console-")
         assert "Lumiere Aesthetics" in body and "+1 212 555 0100" in body
         assert (subject is None) == (channel == "sms")

@@ -130,7 +130,7 @@ def test_late_enrollment_still_sends_the_first_message(jane: Clinic) -> None:
                     "cellulite", "--session-at", "2026-03-05T16:00")
     first = [m for m in out["messages"] if m["step"] == "first_48h" and m["channel"] == "sms"]
     assert [utc(m["send_after"]) for m in first] == [utc("2026-03-06T09:00-05:00")]
-    assert jane.rows("SELECT expires_at FROM message WHERE id = %d" % first[0]["id"]) == [
+    assert jane.rows(f"SELECT expires_at FROM message WHERE id = {first[0]['id']}") == [
         ("2026-03-07 06:00:00.000000",)]  # 09:00 EST + 16h, stored in UTC
 
 

@@ -1,0 +1,97 @@
+"""The CLI's JSON outputs, listings, preview, demo and entry points."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aftercare.demo import run_demo
+from conftest import Clinic
+
+MESSAGE_KEYS = {"id", "patient_id", "step", "channel", "send_after", "status", "attempts",
+                "provider_id", "last_error", "sent_at"}
+COUNT_KEYS = {"sent", "failed", "retrying", "deferred", "expired", "cancelled"}
+
+
+def _enrolled(clinic: Clinic) -> None:
+    clinic.json("patient", "add", "--name", "Jane Doe", "--phone", "+12125550123", "--ref", "J1")
+    clinic.json("patient", "add", "--name", "Sam Roe", "--email", "sam@example.com")
+    clinic.json("--now", "2026-03-02T11:00-05:00", "enroll", "J1", "--treatment", "cellulite",
+                "--session-at", "2026-03-02T10:30")
+    clinic.json("--now", "2026-03-02T11:00-05:00", "enroll", "2", "--treatment", "cellulite",
+                "--session-at", "2026-03-02T10:30")
+
+
+def test_messages_json_lists_every_field_and_filters(clinic: Clinic) -> None:
+    _enrolled(clinic)
+    everything = clinic.json("messages")
+    assert len(everything) == clinic.count("message") > 0
+    assert all(set(m) == MESSAGE_KEYS for m in everything)
+    assert [m["send_after"] for m in everything] == sorted(m["send_after"] for m in everything)
+    janes = clinic.json("messages", "--patient", "J1")
+    assert {m["patient_id"] for m in janes} == {1} and {m["channel"] for m in janes} == {"sms"}
+    assert clinic.json("messages", "--status", "sent") == []
+
+
+def test_send_due_json_counts_and_results_in_messages(clinic: Clinic) -> None:
+    _enrolled(clinic)
+    counts = clinic.json("send-due", "--now", "2026-03-02T11:30-05:00")
+    assert counts == {"sent": 2, "failed": 0, "retrying": 0, "deferred": 0, "expired": 0,
+                      "cancelled": 0}
+    assert set(counts) == COUNT_KEYS
+    sent = clinic.json("messages", "--status", "sent")
+    assert len(sent) == 2
+    for message in sent:
+        assert message["attempts"] == 1 and message["provider_id"].startswith("console-")
+        assert message["sent_at"] == "2026-03-02T16:30:00+00:00"
+    # A clock without an offset is read in the clinic's zone (New York, UTC-5 in March).
+    again = clinic.json("send-due", "--now", "2026-03-02T14:30")
+    assert again["sent"] == 2
+
+
+def test_human_listing_shows_local_times(clinic: Clinic) -> None:
+    _enrolled(clinic)
+    out = clinic.run("messages", "--patient", "J1").stdout
+    assert "2026-03-02 11:30 EST" in out and "first_48h" in out and "pending" in out
+
+
+def test_preview_shows_every_sms(clinic: Clinic) -> None:
+    out = clinic.run("preview", "--treatment", "cellulite", "--channel", "sms").stdout
+    for step in ("first_48h", "arnica", "activity", "check_48h", "routine", "next_session"):
+        assert f"=== {step} [sms]" in out
+    assert "Lumiere Aesthetics" in out and "characters)" in out
+
+
+def test_demo_plays_every_patients_timeline(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    counts = run_demo(out, day=datetime(2026, 11, 10, 12, tzinfo=UTC))
+    text = out.getvalue()
+    assert counts.sent == 27 and counts.failed == counts.expired == 0
+    for name in ("Jane Doe", "Maria Lopez", "Claire Martin"):
+        assert f"{name} (" in text
+    assert text.count("Reply STOP to opt out") == 2  # Jane's and Maria's first SMS
+    assert "Demo finished: 27 sent." in text
+    assert list(tmp_path.iterdir()) == []  # the throw-away database is gone
+
+
+def test_python_dash_m_and_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "aftercare", "--help"],
+                            capture_output=True, text=True, check=True)
+    for command in ("init", "patient", "enroll", "messages", "send-due", "run", "preview",
+                    "demo"):
+        assert command in result.stdout
+    version = subprocess.run([sys.executable, "-m", "aftercare", "--version"],
+                             capture_output=True, text=True, check=True)
+    assert "0.1.0" in version.stdout
+
+
+def test_json_output_is_one_document_even_with_console_channels(clinic: Clinic) -> None:
+    _enrolled(clinic)
+    result = clinic.run("send-due", "--now", "2026-03-02T11:30-05:00", "--json")
+    assert json.loads(result.stdout)["sent"] == 2
+    assert "Reply STOP" in result.stderr  # the console channel printed to stderr

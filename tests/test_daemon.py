@@ -1,0 +1,107 @@
+"""The daemon: starts, sends what is due, and stops cleanly on a signal."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+from aftercare.channels import Outgoing
+from aftercare.daemon import run_daemon
+from conftest import Clinic
+
+DEADLINE = 20.0  # generous: waits end as soon as the awaited effect is seen
+
+
+def _wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + DEADLINE
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _midday_zone() -> str:
+    """A fixed-offset zone where it is about noon now, so quiet hours never interfere."""
+    offset = 12 - datetime.now(UTC).hour  # hours to add to UTC
+    # POSIX-style names: Etc/GMT-8 is UTC+8.
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+
+
+def _enroll_due_now(clinic: Clinic) -> None:
+    """A patient whose first messages are due at the real current time."""
+    clinic.json("patient", "add", "--name", "Jane Doe", "--phone", "+12125550123",
+                "--email", "jane@example.com", "--timezone", _midday_zone(), "--ref", "J1")
+    session = (datetime.now(UTC) - timedelta(hours=1, minutes=5)).isoformat()
+    clinic.json("enroll", "J1", "--treatment", "cellulite", "--session-at", session)
+
+
+def _sent(clinic: Clinic) -> int:
+    return clinic.count("message WHERE status = 'sent'")
+
+
+def test_daemon_process_sends_and_stops_on_sigterm(clinic: Clinic) -> None:
+    _enroll_due_now(clinic)
+    env = {**os.environ, "AFTERCARE_CONFIG": str(clinic.config)}
+    proc = subprocess.Popen([sys.executable, "-m", "aftercare", "run"], cwd=clinic.folder,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _sent(clinic) == 2, "the first messages to be sent")
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=DEADLINE)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "daemon started" in stderr and "received SIGTERM" in stderr
+    assert "daemon stopped" in stderr
+    assert "Traceback" not in stderr
+    # Logs carry counts and ids, never the patient's contact data or the message text.
+    assert "+12125550123" not in stderr and "jane@example.com" not in stderr
+    assert "Reply STOP" not in stderr
+    assert "Reply STOP" in stdout  # the console channel printed the first SMS
+
+
+def test_stop_waits_for_the_send_in_flight(clinic: Clinic) -> None:
+    _enroll_due_now(clinic)
+    in_flight, release = threading.Event(), threading.Event()
+    stop = threading.Event()
+
+    class SlowChannel:
+        name = "sms"
+
+        def send(self, message: Outgoing) -> str:
+            in_flight.set()
+            release.wait(DEADLINE)
+            return "slow-1"
+
+    app = clinic.app(console=io.StringIO())
+    app.channels["sms"] = SlowChannel()
+    daemon = threading.Thread(target=run_daemon, args=(app, stop, False), daemon=True)
+    daemon.start()
+    try:
+        assert in_flight.wait(DEADLINE)
+        stop.set()  # what SIGTERM does
+        daemon.join(0.5)
+        assert daemon.is_alive(), "the daemon must not quit in the middle of a send"
+    finally:
+        stop.set()
+        release.set()
+        daemon.join(DEADLINE)
+    assert not daemon.is_alive()
+    rows = clinic.rows("SELECT channel, status, provider_id FROM message "
+                       "WHERE step = 'first_48h' ORDER BY channel")
+    # The SMS in flight was recorded; the email claimed behind it was given back.
+    assert rows == [("email", "pending", None), ("sms", "sent", "slow-1")]
+
+
+def test_daemon_refuses_an_uninitialised_database(clinic: Clinic, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "fresh.toml"
+    config.write_text(f"[database]\nurl = 'sqlite:///{tmp_path / 'fresh.db'}'\n")
+    result = clinic.run("--config", str(config), "run")
+    assert result.exit_code == 2
+    assert "aftercare init" in result.stderr
