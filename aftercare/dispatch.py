@@ -102,8 +102,11 @@ class Dispatcher:
                 .with_for_update(skip_locked=True)
             ).all())
             if ids:
+                # No status guard here: the rows are already ours (same IMMEDIATE transaction
+                # on SQLite, row locks on PostgreSQL), and SQLite would plan `status = ?`
+                # through the status index, walking every pending row instead of the ids.
                 db.exec(update(Message)
-                        .where(col(Message.id).in_(ids), Message.status == MessageStatus.PENDING)
+                        .where(col(Message.id).in_(ids))
                         .values(status=MessageStatus.SENDING, claimed_at=now,
                                 attempts=Message.attempts + 1, updated_at=now))
             db.commit()
@@ -180,15 +183,19 @@ class Dispatcher:
                 session: Session) -> Rendered:
         protocol = self.protocols.get(course.treatment)
         step = protocol.step(message.step)
-        sessions = db.exec(select(Session).where(Session.course_id == course.id)
-                           .order_by(col(Session.at))).all()
         if step.anchor == "next_session":
-            next_session = session
-            done = [s for s in sessions if s.status == SessionStatus.COMPLETED and s.at < session.at]
-            session = done[-1] if done else session
+            # A reminder of a booked session speaks of it and of the last session done.
+            next_session: Session | None = session
+            done = db.exec(select(Session)
+                           .where(Session.course_id == course.id, Session.at < session.at,
+                                  Session.status == SessionStatus.COMPLETED)
+                           .order_by(col(Session.at).desc())).first()
+            session = done or session
         else:
-            booked = [s for s in sessions if s.status == SessionStatus.BOOKED and s.at > session.at]
-            next_session = booked[0] if booked else None
+            next_session = db.exec(select(Session)
+                                   .where(Session.course_id == course.id, Session.at > session.at,
+                                          Session.status == SessionStatus.BOOKED)
+                                   .order_by(col(Session.at))).first()
         first_sms = message.channel == "sms" and db.exec(
             select(Message.id).where(Message.patient_id == patient.id, Message.channel == "sms",
                                      Message.status == MessageStatus.SENT).limit(1)
@@ -247,8 +254,9 @@ class Dispatcher:
     def _release(self, ids: list[int]) -> None:
         """Give back claims not started (shutdown): they were never attempted."""
         with DbSession(self.engine) as db:
+            # Only this process handled these claims and it never started them.
             db.exec(update(Message)
-                    .where(col(Message.id).in_(ids), Message.status == MessageStatus.SENDING)
+                    .where(col(Message.id).in_(ids))
                     .values(status=MessageStatus.PENDING, claimed_at=None,
                             attempts=Message.attempts - 1))
             db.commit()

@@ -67,6 +67,9 @@ def enroll(
     next_session = _booked_session(db, course, session, visit.next_session_at, now)
     result = Enrollment(course=course, session=session, next_session=next_session)
     tz = zone(patient.timezone)
+    anchors = [s.id for s in (session, next_session) if s is not None]
+    planned = {(m.session_id, m.step, m.channel): m for m in db.exec(
+        select(Message).where(col(Message.session_id).in_(anchors)))}
     for step in protocol.steps:
         anchor = session if step.anchor == "session" else next_session
         if anchor is None or not step.applies_to(session.number, course.sessions_planned):
@@ -74,15 +77,14 @@ def enroll(
         for channel in step.channels:
             if patient.unreachable_reason(channel) is not None:
                 continue
-            message = _plan(db, patient, course, anchor, step, channel, tz, quiet, now)
+            message = planned.get((anchor.id, step.key, channel))
             if message is None:
-                continue
-            if message.id is None:
+                message = _plan(db, patient, course, anchor, step, channel, tz, quiet, now)
+                if message is None:
+                    continue
                 result.created += 1
             result.messages.append(message)
     db.commit()
-    for message in result.messages:
-        db.refresh(message)
     return result
 
 
@@ -171,12 +173,7 @@ def _plan(
     quiet: QuietHours,
     now: datetime,
 ) -> Message | None:
-    """The message for (anchor, step, channel): the existing row, a new one, or None if too late."""
-    existing = db.exec(select(Message).where(
-        Message.session_id == anchor.id, Message.step == step.key, Message.channel == channel
-    )).first()
-    if existing is not None:
-        return existing
+    """A new message for (anchor, step, channel), or None when it is too late to be worth it."""
     planned = quiet.next_allowed(step.planned_at(anchor.at, tz), tz)
     if planned + step.valid_for <= now:
         return None  # enrolled too late for this step to be worth sending

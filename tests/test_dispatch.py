@@ -264,19 +264,33 @@ def test_stop_between_messages_gives_back_unstarted_claims(enrolled: Clinic) -> 
     assert enrolled.count("message WHERE status = 'sending'") == 0
 
 
-def test_claim_query_uses_the_status_send_after_index(enrolled: Clinic) -> None:
-    app = enrolled.app()
+def test_dispatch_queries_stay_on_indexes(enrolled: Clinic) -> None:
+    """Claiming and recording must not walk the pending rows of the future."""
+    app = enrolled.app(console=io.StringIO())
     statements: list[tuple[str, object]] = []
 
     @event.listens_for(app.engine, "before_cursor_execute")
     def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if statement.lstrip().upper().startswith("SELECT MESSAGE.ID"):
+        if statement.lstrip().upper().startswith(("SELECT MESSAGE.ID", "UPDATE MESSAGE")):
             statements.append((statement, parameters))
 
-    app.dispatcher().claim(SESSION, 50)
-    [(sql, params)] = statements
+    now = SESSION + timedelta(hours=1)
+    dispatcher = app.dispatcher()
+    dispatcher.run_once(now)
+    dispatcher.recover_stale(now)
+    event.remove(app.engine, "before_cursor_execute", capture)
     with app.engine.connect() as conn:
-        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(
-            f"EXPLAIN QUERY PLAN {sql}", params))
-    assert "INDEX ix_message_status_send_after (status=? AND send_after<?)" in plan, plan
-    assert "TEMP B-TREE" not in plan, plan  # the index also gives the order: no sort
+        plans = [(sql, " ".join(str(row[-1]) for row in conn.exec_driver_sql(
+            f"EXPLAIN QUERY PLAN {sql}", params))) for sql, params in statements]
+    assert all("SCAN message" not in plan for _, plan in plans), plans
+    claim = [plan for sql, plan in plans if "send_after <=" in sql]
+    assert claim and all("INDEX ix_message_status_send_after (status=? AND send_after<?)" in p
+                         and "TEMP B-TREE" not in p for p in claim), claim
+    updates = [(sql, plan) for sql, plan in plans if sql.lstrip().upper().startswith("UPDATE")]
+    assert len(updates) >= 3  # claim, record sent, recover
+    for sql, plan in updates:
+        if "claimed_at <" in sql:
+            # Recovery reads only rows in 'sending': at most a batch per daemon.
+            assert "ix_message_status_send_after (status=?)" in plan, (sql, plan)
+        else:
+            assert "INTEGER PRIMARY KEY" in plan, (sql, plan)

@@ -1,0 +1,154 @@
+"""Benchmark: claim cost as future pending rows grow; enrollment and dispatch throughput.
+
+Run: python bench/dispatch_bench.py [--sizes 0,10000,100000,1000000] > numbers.md
+Numbers go in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import text
+
+from aftercare.app import App
+from aftercare.config import DatabaseConfig, Settings
+from aftercare.db import migrate
+from aftercare.enrollment import SessionVisit, enroll
+from aftercare.patients import NewPatient, add_patient
+
+NOW = datetime(2026, 11, 10, 15, 0, tzinfo=UTC)  # 10:00 in New York: outside quiet hours
+
+
+def _app(folder: Path) -> App:
+    settings = Settings(database=DatabaseConfig(url=f"sqlite:///{folder / 'bench.db'}"))
+    app = App.from_settings(settings, clock=lambda: NOW, console=io.StringIO())
+    migrate(app.engine)
+    return app
+
+
+def _seed(app: App, future: int, due: int) -> None:
+    """One patient with `future` pending rows in the coming year and `due` rows due now."""
+    with app.engine.begin() as conn:
+        stamp = NOW.replace(tzinfo=None)
+        conn.execute(text("INSERT INTO patient (id, name, phone, email, timezone, locale, channels,"
+                          " created_at) VALUES (1, 'Bench', '+12125550123', 'b@example.com',"
+                          " 'America/New_York', 'en', 'sms,email', :t)"), {"t": stamp})
+        conn.execute(text("INSERT INTO course (id, patient_id, treatment, area, sessions_planned,"
+                          " status, created_at) VALUES (1, 1, 'cellulite', '', 6, 'active', :t)"),
+                     {"t": stamp})
+        rng = random.Random(1)
+        sessions, messages = [], []
+        for i in range(future + due):
+            if i < due:
+                send_after = stamp - timedelta(minutes=1)
+            else:
+                send_after = stamp + timedelta(minutes=rng.randint(1, 525_600))
+            # One session per row keeps the (session, step, channel) key unique.
+            sessions.append({"id": i + 1, "at": stamp - timedelta(seconds=i), "t": stamp})
+            messages.append({"sid": i + 1, "sa": send_after,
+                             "ex": send_after + timedelta(days=400), "t": stamp})
+            if len(messages) == 50_000 or i == future + due - 1:
+                conn.execute(text("INSERT INTO session (id, course_id, number, at, status,"
+                                  " created_at) VALUES (:id, 1, 1, :at, 'completed', :t)"),
+                             sessions)
+                conn.execute(text(
+                    "INSERT INTO message (patient_id, course_id, session_id, step, channel, status,"
+                    " send_after, expires_at, attempts, created_at, updated_at) VALUES"
+                    " (1, 1, :sid, 'first_48h', 'sms', 'pending', :sa, :ex, 0, :t, :t)"), messages)
+                sessions, messages = [], []
+
+
+def bench_claim(sizes: list[int], repeats: int) -> list[tuple[int, float, float]]:
+    """Median and p95 milliseconds to claim a batch of 50 due rows, per future-row count."""
+    results = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            app = _app(Path(folder))
+            _seed(app, size, 50)
+            dispatcher = app.dispatcher()
+            timings = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                claimed = dispatcher.claim(NOW, 50)
+                timings.append((time.perf_counter() - start) * 1000)
+                assert len(claimed) == 50
+                with app.engine.begin() as conn:
+                    conn.execute(text("UPDATE message SET status = 'pending', attempts = 0,"
+                                      " claimed_at = NULL WHERE status = 'sending'"))
+            timings.sort()
+            results.append((size, statistics.median(timings),
+                            timings[int(len(timings) * 0.95) - 1]))
+            app.engine.dispose()
+    return results
+
+
+def bench_enroll(patients: int) -> float:
+    """Patients enrolled per second (each plans 14 messages)."""
+    with tempfile.TemporaryDirectory() as folder:
+        app = _app(Path(folder))
+        protocol = app.protocols.get("cellulite")
+        quiet = app.settings.messaging.quiet_hours
+        start = time.perf_counter()
+        with app.db() as db:
+            for i in range(patients):
+                patient = add_patient(db, NewPatient(f"Patient {i}", phone="+12125550123",
+                                                     email="p@example.com"), country="US",
+                                      default_timezone="America/New_York", default_locale="en",
+                                      locales=("en",), clock=app.clock)
+                enroll(db, patient, protocol,
+                       SessionVisit("cellulite", NOW - timedelta(minutes=30),
+                                    next_session_at=NOW + timedelta(days=14)),
+                       quiet=quiet, clock=app.clock)
+        elapsed = time.perf_counter() - start
+        app.engine.dispose()
+        return patients / elapsed
+
+
+def bench_dispatch(messages: int) -> float:
+    """Messages rendered, sent on the console channel and recorded, per second."""
+    with tempfile.TemporaryDirectory() as folder:
+        app = _app(Path(folder))
+        _seed(app, 0, messages)
+        start = time.perf_counter()
+        counts = app.dispatcher().run_once(NOW)
+        elapsed = time.perf_counter() - start
+        assert counts.sent == messages, counts
+        app.engine.dispose()
+        return messages / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="0,10000,100000,1000000")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--patients", type=int, default=500)
+    parser.add_argument("--messages", type=int, default=1000)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"Python {platform.python_version()}, SQLite file in a temp folder, "
+          f"{platform.machine()}, {time.strftime('%Y-%m-%d')}\n")
+    print("| future pending rows | claim 50 due rows, median ms | p95 ms |")
+    print("|---:|---:|---:|")
+    for size, median, p95 in bench_claim(sizes, args.repeats):
+        print(f"| {size:,} | {median:.2f} | {p95:.2f} |")
+    print(f"\nEnrollment: {bench_enroll(args.patients):.0f} patients/s "
+          f"({args.patients} patients, 14 messages each)")
+    print(f"Dispatch: {bench_dispatch(args.messages):.0f} messages/s on the console channel "
+          f"({args.messages} due messages, rendered, sent and recorded one by one)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"Peak RSS of the benchmark process: {peak:.0f} MiB")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
