@@ -167,7 +167,7 @@ class Dispatcher:
         try:
             rendered = self._render(db, message, patient, course, session)
         except (TemplateError, UserError) as exc:
-            message.status, message.last_error = MessageStatus.FAILED, f"template: {exc}"[:500]
+            message.status, message.last_error = MessageStatus.FAILED, f"cannot render: {exc}"[:500]
             log.error("message %s: cannot render %s/%s: %s", message.id, message.step,
                       message.channel, exc)
             return "failed"

@@ -95,3 +95,39 @@ def test_json_output_is_one_document_even_with_console_channels(clinic: Clinic) 
     result = clinic.run("send-due", "--now", "2026-03-02T11:30-05:00", "--json")
     assert json.loads(result.stdout)["sent"] == 2
     assert "Reply STOP" in result.stderr  # the console channel printed to stderr
+
+
+def test_no_config_at_all_uses_local_sqlite_and_console(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from aftercare.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AFTERCARE_CONFIG", raising=False)
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        result = CliRunner().invoke(cli, list(args), obj={})
+        assert result.exit_code == 0, result.output
+        return result
+
+    run("init")
+    assert (tmp_path / "aftercare.db").is_file()
+    run("patient", "add", "--name", "Jane Doe", "--phone", "212 555 0123", "--ref", "J1")
+    run("--now", "2026-03-02T11:00", "enroll", "J1", "--treatment", "cellulite",
+        "--session-at", "2026-03-02T10:30")
+    out = run("send-due", "--now", "2026-03-02T11:30").stdout
+    assert "SMS #1 to Jane Doe <+12125550123>" in out  # printed by the console channel
+    assert "Aftercare Demo Clinic" in out and out.rstrip().endswith("0 cancelled")
+
+
+def test_config_found_through_the_environment(clinic: Clinic, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from aftercare.cli import cli
+
+    monkeypatch.setenv("AFTERCARE_CONFIG", str(clinic.config))
+    result = CliRunner().invoke(cli, ["init"], obj={})
+    assert str(clinic.db_path) in result.stdout
+    monkeypatch.setenv("AFTERCARE_DATABASE__URL", f"sqlite:///{clinic.folder / 'other.db'}")
+    result = CliRunner().invoke(cli, ["init"], obj={})
+    assert "other.db" in result.stdout and "created" in result.stdout
