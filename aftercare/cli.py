@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import click
 
 from aftercare.app import App
-from aftercare.clock import parse_time, zone
+from aftercare.clock import parse_time, system_clock, zone
 from aftercare.db import migrate
 from aftercare.errors import UserError
 from aftercare.models import Message, MessageStatus, Patient
@@ -64,12 +64,18 @@ def cli(ctx: click.Context, config: str | None, verbose: bool, now: str | None) 
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
     ctx.obj["now"] = now
-    _logging(logging.INFO if verbose else logging.WARNING)
+    ctx.obj["verbose"] = verbose
+    _logging(verbose, daemon=False)
 
 
-def _logging(level: int) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr, force=True,
+def _logging(verbose: bool, *, daemon: bool) -> None:
+    """Counts at INFO for the daemon, per-message lines (ids only) with -v."""
+    level = logging.DEBUG if verbose else logging.INFO if daemon else logging.WARNING
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aftercare").setLevel(level)
+    # APScheduler logs two INFO lines per tick: thousands a day that say nothing.
+    logging.getLogger("apscheduler").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 @cli.command()
@@ -218,7 +224,8 @@ def send_due(ctx: click.Context, now_text: str | None, as_json: bool) -> None:
     with app.db():
         pass  # refuses an uninitialised database before anything is claimed
     dispatcher = app.dispatcher()
-    dispatcher.recover_stale(now)
+    # Leases are real time: a --now far ahead must not take over a running daemon's claims.
+    dispatcher.recover_stale(system_clock())
     counts = dispatcher.run_once(now)
     if as_json:
         _emit(counts.as_dict())
@@ -232,7 +239,11 @@ def run(ctx: click.Context) -> None:
     """Run the daemon: send due messages every poll interval until SIGTERM or Ctrl-C."""
     from aftercare.daemon import run_daemon
 
-    _logging(min(logging.getLogger().level, logging.INFO))
+    state = ctx.find_root().obj
+    if state["now"]:
+        raise UserError("now", "the daemon runs on the real clock; use `send-due --now TIME` "
+                        "for one pass at another time")
+    _logging(state["verbose"], daemon=True)
     run_daemon(_app(ctx))
 
 

@@ -146,4 +146,7 @@ def _first_problem(exc: ValidationError, where: str) -> str:
     else:
         problem = str(error["msg"]).removeprefix("Value error, ")
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    variable = "AFTERCARE_" + "__".join(str(part) for part in error["loc"]).upper()
+    if variable in {name.upper() for name in os.environ}:
+        where = f"environment variable {variable}"
     return f"{key}: {problem} [{where}]{more}"

@@ -51,6 +51,11 @@ def run_daemon(app: App, stop: threading.Event | None = None,
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, _on_signal)
 
+    console = [name for name in ("sms", "email")
+               if getattr(app.settings, name).provider == "console"]
+    if console:
+        log.warning("%s provider is console: messages are printed to stdout, not sent",
+                    " and ".join(console))
     scheduler.start()
     log.info("daemon started: polling every %ss, database %s", poll,
              app.engine.url.render_as_string(hide_password=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from alembic import command
@@ -20,9 +21,11 @@ SQLITE_BUSY_MS = 30_000
 
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets WAL, a busy timeout and write-ahead locking."""
+    # hide_parameters: errors and logs must never carry phone numbers or message text.
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_MS / 1000})
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_MS / 1000},
+                           hide_parameters=True)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -85,6 +88,11 @@ def _alembic_config_for_scripts() -> Config:
 
 def require_schema(engine: Engine) -> None:
     """Stop with a clear message unless the database is at this release's schema."""
+    database = engine.url.database
+    if engine.url.get_backend_name() == "sqlite" and database and database != ":memory:" \
+            and not Path(database).exists():
+        # Connecting would create an empty file; a mistaken path must leave nothing behind.
+        raise UserError("database", f"{database} does not exist; run `aftercare init` to create it")
     current = current_revision(engine)
     if current is None:
         raise UserError("database", f"{engine.url} is not initialised; run `aftercare init`")

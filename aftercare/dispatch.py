@@ -120,11 +120,14 @@ class Dispatcher:
                 return "cancelled"
             prepared = self._prepare(db, message, now)
             if isinstance(prepared, str):
+                if prepared in ("deferred", "expired", "cancelled"):
+                    # Nothing was attempted: the claim's attempt does not count.
+                    message.attempts, message.claimed_at = message.attempts - 1, None
                 message.updated_at = now
                 db.add(message)
                 db.commit()
-                log.info("message %s (%s/%s): %s", message.id, message.step, message.channel,
-                         prepared)
+                log.debug("message %s (%s/%s): %s", message.id, message.step, message.channel,
+                          prepared)
                 return prepared
             db.commit()  # end the read before the network call; SQLite must not stay locked
         channel = self.channels[prepared.outgoing.channel]
@@ -133,9 +136,11 @@ class Dispatcher:
         except SendError as exc:
             return self._record_failure(prepared, exc, now)
         except Exception as exc:
-            # A bug or an unexpected library error: keep the message, retry later.
-            log.exception("message %s: unexpected error from channel %s", message_id,
-                          channel.name)
+            # A bug or an unexpected library error: keep the message, retry later. Only the
+            # type is logged at INFO and above; its text may carry an address.
+            log.error("message %s: unexpected %s from channel %s", message_id,
+                      type(exc).__name__, channel.name)
+            log.debug("message %s: channel error detail", message_id, exc_info=True)
             return self._record_failure(prepared, SendError(repr(exc), permanent=False), now)
         return self._record_sent(prepared, provider_id, now)
 
@@ -160,9 +165,7 @@ class Dispatcher:
                 message.status = MessageStatus.EXPIRED
                 message.last_error = "validity window ends inside quiet hours"
                 return "expired"
-            # Waiting for quiet hours to end is not an attempt.
             message.status, message.send_after = MessageStatus.PENDING, allowed
-            message.attempts, message.claimed_at = message.attempts - 1, None
             return "deferred"
         try:
             rendered = self._render(db, message, patient, course, session)
@@ -219,7 +222,7 @@ class Dispatcher:
             db.commit()
         if result.rowcount != 1:
             log.warning("message %s was sent but its claim had been taken over", out.message_id)
-        log.info("message %s (%s/%s): sent", out.message_id, out.step, out.channel)
+        log.debug("message %s (%s/%s): sent", out.message_id, out.step, out.channel)
         return "sent"
 
     def _record_failure(self, prepared: _Prepared, exc: SendError, now: datetime) -> str:
@@ -262,18 +265,31 @@ class Dispatcher:
             db.commit()
 
     def recover_stale(self, now: datetime) -> int:
-        """Put back rows whose claim outlived its lease (the process died mid-send)."""
+        """Put back rows whose claim outlived its lease (the process died mid-send).
+
+        A row interrupted as often as its channel allows attempts is failed instead, so a
+        message that crashes the sender every time cannot block the queue forever.
+        """
         lease = timedelta(seconds=self.settings.daemon.lease_seconds)
+        recovered = 0
         with DbSession(self.engine) as db:
-            result = db.exec(update(Message)
-                             .where(Message.status == MessageStatus.SENDING,
-                                    col(Message.claimed_at) < now - lease)
-                              .values(status=MessageStatus.PENDING, claimed_at=None,
-                                     updated_at=now))
+            stale = db.exec(select(Message).where(Message.status == MessageStatus.SENDING,
+                                                  col(Message.claimed_at) < now - lease)).all()
+            for message in stale:
+                limit = getattr(self.settings, message.channel).max_attempts
+                if message.attempts >= limit:
+                    message.status = MessageStatus.FAILED
+                    message.last_error = f"send interrupted {message.attempts} times"
+                else:
+                    message.status = MessageStatus.PENDING
+                    recovered += 1
+                message.claimed_at, message.updated_at = None, now
+                db.add(message)
             db.commit()
-        if result.rowcount:
-            log.warning("recovered %s message(s) whose send was interrupted", result.rowcount)
-        return result.rowcount
+        if stale:
+            log.warning("recovered %s interrupted message(s); %s failed after too many "
+                        "interruptions", recovered, len(stale) - recovered)
+        return recovered
 
 
 def _why_not(patient: Patient, course: Course, session: Session, channel: str) -> str | None:

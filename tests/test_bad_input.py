@@ -116,9 +116,21 @@ def test_uninitialised_database_says_run_init(clinic: Clinic, tmp_path: Path) ->
     result = clinic.run("--config", str(config), "messages")
     _assert_user_error(result, "database")
     assert "aftercare init" in result.stderr
+    assert not (tmp_path / "fresh.db").exists()  # a wrong path leaves no empty file behind
 
 
 def test_unknown_treatment_in_preview(clinic: Clinic) -> None:
     _assert_user_error(clinic.run("preview", "--treatment", "nope"), "treatment")
     _assert_user_error(clinic.run("preview", "--treatment", "cellulite", "--locale", "xx"),
                        "locale")
+
+
+def test_bad_value_from_the_environment_names_the_variable(clinic: Clinic, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("AFTERCARE_CLINIC__TIMEZONE", "Mars/Olympus")
+    result = clinic.run("messages")
+    _assert_user_error(result, "config")
+    assert "environment variable AFTERCARE_CLINIC__TIMEZONE" in result.stderr
+
+
+def test_daemon_refuses_a_fixed_clock(clinic: Clinic) -> None:
+    _assert_user_error(clinic.run("--now", NOW, "run"), "now")

@@ -131,3 +131,14 @@ def test_config_found_through_the_environment(clinic: Clinic, monkeypatch) -> No
     monkeypatch.setenv("AFTERCARE_DATABASE__URL", f"sqlite:///{clinic.folder / 'other.db'}")
     result = CliRunner().invoke(cli, ["init"], obj={})
     assert "other.db" in result.stdout and "created" in result.stdout
+
+
+def test_preview_into_a_closed_pipe_exits_quietly(clinic: Clinic) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "aftercare", "--config", str(clinic.config),
+                             "preview", "--treatment", "cellulite"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # like `| head -1`
+    proc.stdout.close()
+    proc.wait(timeout=30)  # click exits 1 on a broken pipe, quietly
+    assert proc.stderr is not None and proc.stderr.read() == b""

@@ -8,7 +8,8 @@ import threading
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 
 from aftercare.app import App
 from aftercare.channels import Outgoing
@@ -146,7 +147,7 @@ def test_window_ending_inside_quiet_hours_expires(enrolled: Clinic) -> None:
     counts = _app(enrolled, FixedClock(now)).dispatcher().run_once(now)
     # Held to 09:00 they would be ~20 hours late, past their 16-hour window.
     assert (counts.expired, counts.deferred, counts.sent) == (4, 0, 0)
-    assert _status(enrolled, "arnica", "sms") == ("expired", 1,
+    assert _status(enrolled, "arnica", "sms") == ("expired", 0,
                                                   "validity window ends inside quiet hours")
 
 
@@ -158,7 +159,7 @@ def test_consent_withdrawn_before_send_cancels(enrolled: Clinic) -> None:
     counts = _app(enrolled, FixedClock(now), sms=sms).dispatcher().run_once(now)
     assert (counts.cancelled, counts.sent) == (1, 1)
     assert sms.sent == []
-    assert _status(enrolled, "first_48h", "sms") == ("cancelled", 1,
+    assert _status(enrolled, "first_48h", "sms") == ("cancelled", 0,
                                                      "patient has not consented to sms")
 
 
@@ -294,3 +295,23 @@ def test_dispatch_queries_stay_on_indexes(enrolled: Clinic) -> None:
             assert "ix_message_status_send_after (status=?)" in plan, (sql, plan)
         else:
             assert "INTEGER PRIMARY KEY" in plan, (sql, plan)
+
+
+def test_a_message_that_keeps_crashing_the_sender_is_failed(enrolled: Clinic) -> None:
+    now = SESSION + timedelta(hours=1)
+    dispatcher = _app(enrolled, FixedClock(now)).dispatcher()
+    for crash in range(5):  # claimed, then the process dies mid-send, five times over
+        moment = now + timedelta(hours=crash)
+        assert len(dispatcher.claim(moment, 1)) == 1
+        dispatcher.recover_stale(moment + timedelta(minutes=6))
+    assert _status(enrolled, "first_48h", "sms") == ("failed", 5, "send interrupted 5 times")
+    assert _status(enrolled, "first_48h", "email")[0] == "pending"
+
+
+def test_database_errors_never_carry_bound_values(enrolled: Clinic) -> None:
+    # Errors end up in logs; SQLAlchemy puts bound values in them unless told not to.
+    app = enrolled.app()
+    with pytest.raises(OperationalError) as caught, app.engine.begin() as conn:
+        conn.execute(text("UPDATE patient SET phone = :p WHERE nope = 1"), {"p": "+12125550199"})
+    assert "nope" in str(caught.value)
+    assert "+12125550199" not in str(caught.value)
