@@ -214,8 +214,8 @@ class Dispatcher:
             # row is no longer ours and must not be overwritten.
             result = db.exec(update(Message)
                              .where(col(Message.id) == out.message_id,
-                                    Message.status == MessageStatus.SENDING,
-                                    Message.claimed_at == prepared.claimed_at)
+                                    col(Message.status) == MessageStatus.SENDING,
+                                    col(Message.claimed_at) == prepared.claimed_at)
                              .values(status=MessageStatus.SENT, sent_at=now,
                                      provider_id=provider_id, body=out.text,
                                      subject=out.subject, last_error=None, updated_at=now))
@@ -239,8 +239,8 @@ class Dispatcher:
         with DbSession(self.engine) as db:
             db.exec(update(Message)
                     .where(col(Message.id) == out.message_id,
-                           Message.status == MessageStatus.SENDING,
-                           Message.claimed_at == prepared.claimed_at)
+                           col(Message.status) == MessageStatus.SENDING,
+                           col(Message.claimed_at) == prepared.claimed_at)
                     .values(**values))
             db.commit()
         outcome = "retrying" if retry else "failed"

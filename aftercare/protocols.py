@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from aftercare.errors import UserError
 from aftercare.resources import data_dir
 
-CHANNELS = ("sms", "email")
+CHANNELS: tuple[Literal["sms", "email"], ...] = ("sms", "email")
 _DURATION = re.compile(r"^(-?)(\d+)([mhd])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
