@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,14 +13,41 @@ from typing import TextIO
 from sqlalchemy import Engine
 from sqlmodel import Session as DbSession
 
-from aftercare.channels import Channel
+from aftercare.channels import Channel, Outgoing
 from aftercare.channels.console import ConsoleChannel
+from aftercare.channels.smtp_email import SmtpEmail
+from aftercare.channels.twilio_sms import TwilioSms
 from aftercare.clock import Clock, system_clock
 from aftercare.config import Settings, config_path, load_settings
 from aftercare.db import make_engine, require_schema
 from aftercare.dispatch import Dispatcher
+from aftercare.errors import SendError
 from aftercare.protocols import ProtocolBook
 from aftercare.rendering import Renderer
+
+
+class UnavailableChannel:
+    """Stands in for a channel whose setup is incomplete; `aftercare check` says why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name, self.reason = name, reason
+
+    def send(self, message: Outgoing) -> str:
+        raise SendError(f"channel not set up: {self.reason}", permanent=False)
+
+
+def build_channels(settings: Settings, console: TextIO | None = None) -> dict[str, Channel]:
+    """The configured channels; secrets are read from the environment here and only here."""
+    channels: dict[str, Channel] = {"sms": ConsoleChannel("sms", console),
+                                    "email": ConsoleChannel("email", console)}
+    if settings.sms.provider == "twilio":
+        sid, token = os.environ.get("TWILIO_ACCOUNT_SID"), os.environ.get("TWILIO_AUTH_TOKEN")
+        channels["sms"] = (TwilioSms(settings.sms, sid, token) if sid and token else
+                           UnavailableChannel("sms", "TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset"))
+    if settings.email.provider == "smtp":
+        channels["email"] = SmtpEmail(settings.email, settings.clinic,
+                                      os.environ.get("AFTERCARE_SMTP_PASSWORD"))
+    return channels
 
 
 @dataclass
@@ -40,8 +68,7 @@ class App:
         app = cls(settings=settings, engine=make_engine(settings.database.url),
                   protocols=ProtocolBook.load(), renderer=Renderer(), clock=clock,
                   console=console)
-        app.channels = {"sms": ConsoleChannel("sms", console),
-                        "email": ConsoleChannel("email", console)}
+        app.channels = build_channels(settings, console)
         return app
 
     @classmethod

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from datetime import time
 from pathlib import Path
 from typing import Any, Literal
 
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from aftercare.clock import zone
@@ -73,8 +74,62 @@ class DatabaseConfig(_Section):
         return value
 
 
-class ChannelConfig(_Section):
-    provider: Literal["console"] = "console"
+class SmsConfig(_Section):
+    """Twilio settings; the account SID and auth token come only from the environment."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    provider: Literal["console", "twilio"] = "console"
+    from_: str = Field("", alias="from")
+    messaging_service_sid: str = ""
+    api_base_url: str = ""
+    status_callback_url: str = ""
+    timeout_seconds: float = Field(10, gt=0, le=120)
+    rate_per_second: float = Field(1.0, gt=0, le=1000)
+    max_attempts: int = Field(5, ge=1, le=50)
+
+    @field_validator("from_")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        if value and not re.fullmatch(r"\+[1-9]\d{6,14}", value):
+            raise ValueError(f"'{value}' is not an E.164 number (e.g. +12125550100)")
+        return value
+
+    @field_validator("messaging_service_sid")
+    @classmethod
+    def _mg_sid(cls, value: str) -> str:
+        if value and not re.fullmatch(r"MG[0-9a-f]{32}", value):
+            raise ValueError(f"'{value}' is not a Messaging Service SID (MG + 32 hex digits)")
+        return value
+
+    @field_validator("api_base_url", "status_callback_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"'{value}' is not an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_sender(self) -> SmsConfig:
+        if self.provider == "twilio" and bool(self.from_) == bool(self.messaging_service_sid):
+            raise ValueError("with provider = \"twilio\" set exactly one of `from` and "
+                             "`messaging_service_sid`")
+        return self
+
+
+class EmailConfig(_Section):
+    """SMTP settings; the password comes only from AFTERCARE_SMTP_PASSWORD."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    provider: Literal["console", "smtp"] = "console"
+    host: str = "localhost"
+    port: int = Field(587, ge=1, le=65535)
+    tls: Literal["none", "starttls", "implicit"] = "starttls"
+    username: str = ""
+    from_: str = Field("", alias="from")  # empty: clinic.email
+    ca_file: str = ""  # trust only this CA file (a relay with its own certificate)
+    timeout_seconds: float = Field(30, gt=0, le=300)
     max_attempts: int = Field(5, ge=1, le=50)
 
 
@@ -96,8 +151,8 @@ class Settings(BaseSettings):
     clinic: ClinicConfig = ClinicConfig()
     messaging: MessagingConfig = MessagingConfig()
     database: DatabaseConfig = DatabaseConfig()
-    sms: ChannelConfig = ChannelConfig()
-    email: ChannelConfig = ChannelConfig()
+    sms: SmsConfig = SmsConfig()
+    email: EmailConfig = EmailConfig()
     daemon: DaemonConfig = DaemonConfig()
 
     @classmethod

@@ -28,6 +28,7 @@ from aftercare.models import (
     SessionStatus,
 )
 from aftercare.protocols import ProtocolBook
+from aftercare.reachability import close_route
 from aftercare.rendering import Rendered, Renderer, message_context
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class _Prepared:
     outgoing: Outgoing
     claimed_at: datetime
     attempts: int
+    patient_id: int
 
 
 @dataclass
@@ -129,7 +131,8 @@ class Dispatcher:
                 log.debug("message %s (%s/%s): %s", message.id, message.step, message.channel,
                           prepared)
                 return prepared
-            db.commit()  # end the read before the network call; SQLite must not stay locked
+            db.add(message)
+            db.commit()  # end the transaction before the network call: SQLite must not stay locked
         channel = self.channels[prepared.outgoing.channel]
         try:
             provider_id = channel.send(prepared.outgoing)
@@ -180,7 +183,9 @@ class Dispatcher:
                             patient_name=patient.name, timezone=patient.timezone,
                             step=message.step, text=rendered.text, subject=rendered.subject,
                             html=rendered.html, at=now)
-        return _Prepared(outgoing, message.claimed_at, message.attempts)
+        # Stored before the network call: recovery after a crash recognises it at the provider.
+        message.body, message.subject = rendered.text, rendered.subject
+        return _Prepared(outgoing, message.claimed_at, message.attempts, patient.id or 0)
 
     def _render(self, db: DbSession, message: Message, patient: Patient, course: Course,
                 session: Session) -> Rendered:
@@ -237,11 +242,17 @@ class Dispatcher:
         else:
             values |= {"status": MessageStatus.FAILED}
         with DbSession(self.engine) as db:
-            db.exec(update(Message)
-                    .where(col(Message.id) == out.message_id,
-                           col(Message.status) == MessageStatus.SENDING,
-                           col(Message.claimed_at) == prepared.claimed_at)
-                    .values(**values))
+            result = db.exec(update(Message)
+                             .where(col(Message.id) == out.message_id,
+                                    col(Message.status) == MessageStatus.SENDING,
+                                    col(Message.claimed_at) == prepared.claimed_at)
+                             .values(**values))
+            if result.rowcount == 1 and exc.consequence:
+                patient, message = db.get(Patient, prepared.patient_id), db.get(Message, out.message_id)
+                assert patient is not None and message is not None
+                close_route(db, patient, exc.consequence, message, now)
+                log.warning("patient %s: %s; pending %s messages moved or cancelled",
+                            patient.id, exc.consequence, out.channel)
             db.commit()
         outcome = "retrying" if retry else "failed"
         log.warning("message %s (%s/%s): %s after attempt %s: %s", out.message_id, out.step,
@@ -265,31 +276,57 @@ class Dispatcher:
             db.commit()
 
     def recover_stale(self, now: datetime) -> int:
-        """Put back rows whose claim outlived its lease (the process died mid-send).
+        """Settle rows whose claim outlived its lease (the process died mid-send).
 
-        A row interrupted as often as its channel allows attempts is failed instead, so a
-        message that crashes the sender every time cannot block the queue forever.
+        An SMS the provider already accepted is adopted, not sent again; one it cannot
+        vouch for right now stays claimed until the next round. A row interrupted as often
+        as its channel allows attempts is failed, so one message that crashes the sender
+        cannot block the queue forever. Returns how many rows went back to pending.
         """
         lease = timedelta(seconds=self.settings.daemon.lease_seconds)
-        recovered = 0
         with DbSession(self.engine) as db:
-            stale = db.exec(select(Message).where(Message.status == MessageStatus.SENDING,
-                                                  col(Message.claimed_at) < now - lease)).all()
-            for message in stale:
-                limit = getattr(self.settings, message.channel).max_attempts
-                if message.attempts >= limit:
-                    message.status = MessageStatus.FAILED
-                    message.last_error = f"send interrupted {message.attempts} times"
-                else:
-                    message.status = MessageStatus.PENDING
-                    recovered += 1
-                message.claimed_at, message.updated_at = None, now
-                db.add(message)
-            db.commit()
+            stale = db.exec(select(Message, Patient)
+                            .join(Patient, col(Patient.id) == Message.patient_id)
+                            .where(Message.status == MessageStatus.SENDING,
+                                   col(Message.claimed_at) < now - lease)).all()
+        requeued = adopted = failed = 0
+        for message, patient in stale:
+            try:
+                provider_id = self._already_sent(message, patient)
+            except SendError as exc:
+                log.warning("message %s: cannot ask the provider whether it was sent (%s); "
+                            "will ask again", message.id, exc.reason)
+                continue
+            if provider_id is not None:
+                values: dict[str, object] = {"status": MessageStatus.SENT, "sent_at": now,
+                                             "provider_id": provider_id,
+                                             "last_error": "adopted after an interrupted send"}
+                adopted += 1
+            elif message.attempts >= getattr(self.settings, message.channel).max_attempts:
+                values = {"status": MessageStatus.FAILED,
+                          "last_error": f"send interrupted {message.attempts} times"}
+                failed += 1
+            else:
+                values = {"status": MessageStatus.PENDING}
+                requeued += 1
+            with DbSession(self.engine) as db:
+                db.exec(update(Message)
+                        .where(col(Message.id) == message.id,
+                               col(Message.status) == MessageStatus.SENDING,
+                               col(Message.claimed_at) == message.claimed_at)
+                        .values(claimed_at=None, updated_at=now, **values))
+                db.commit()
         if stale:
-            log.warning("recovered %s interrupted message(s); %s failed after too many "
-                        "interruptions", recovered, len(stale) - recovered)
-        return recovered
+            log.warning("interrupted sends: %s adopted, %s requeued, %s failed", adopted,
+                        requeued, failed)
+        return requeued
+
+    def _already_sent(self, message: Message, patient: Patient) -> str | None:
+        """The provider's id if it accepted this message before the interruption."""
+        find_sent = getattr(self.channels.get(message.channel), "find_sent", None)
+        if find_sent is None or not message.body or message.claimed_at is None:
+            return None  # email: sent again under the same Message-ID
+        return find_sent(patient.phone, message.body, message.claimed_at)
 
 
 def _why_not(patient: Patient, course: Course, session: Session, channel: str) -> str | None:

@@ -12,11 +12,23 @@ class UserError(Exception):
         self.problem = problem
 
 
-class SendError(Exception):
-    """A channel could not send; `permanent` says whether retrying can ever help."""
+# What a permanent failure says about the patient's contact data, beyond this message.
+PHONE_INVALID = "phone_invalid"
+SMS_OPTED_OUT = "sms_opted_out"
+EMAIL_INVALID = "email_invalid"
 
-    def __init__(self, reason: str, *, permanent: bool, code: str | None = None) -> None:
+
+class SendError(Exception):
+    """A channel could not send; `permanent` says whether retrying can ever help.
+
+    `consequence` (PHONE_INVALID, SMS_OPTED_OUT, EMAIL_INVALID) marks the route itself as
+    unusable, so no further message is attempted on it.
+    """
+
+    def __init__(self, reason: str, *, permanent: bool, code: str | None = None,
+                 consequence: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         self.code = code
+        self.consequence = consequence

@@ -1,0 +1,97 @@
+"""SMS through Twilio's REST API with the official client."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from aftercare.channels import Outgoing
+from aftercare.channels.rate_limit import RateLimiter
+from aftercare.config import SmsConfig
+from aftercare.errors import PHONE_INVALID, SMS_OPTED_OUT, SendError
+
+# Twilio error codes that condemn the number itself, not just this message.
+ROUTE_ERRORS = {21211: PHONE_INVALID, 21614: PHONE_INVALID, 21610: SMS_OPTED_OUT}
+ACCOUNT_SID = re.compile(r"AC[0-9a-f]{32}")
+# Clocks differ between this machine and Twilio's; adopt messages created a little "before".
+CLOCK_SKEW = timedelta(minutes=2)
+
+
+class TwilioSms:
+    """Sends one SMS per call; classifies Twilio's answers into SendError."""
+
+    name = "sms"
+
+    def __init__(self, config: SmsConfig, account_sid: str, auth_token: str,
+                 limiter: RateLimiter | None = None) -> None:
+        self._config = config
+        self._client = Client(account_sid, auth_token,
+                              http_client=TwilioHttpClient(timeout=config.timeout_seconds))
+        if config.api_base_url:
+            self._client.api.base_url = config.api_base_url
+        self._limiter = limiter or RateLimiter(config.rate_per_second)
+
+    def send(self, message: Outgoing) -> str:
+        params = {"to": message.to, "body": message.text}
+        if self._config.messaging_service_sid:
+            params["messaging_service_sid"] = self._config.messaging_service_sid
+        else:
+            params["from_"] = self._config.from_
+        if self._config.status_callback_url:
+            params["status_callback"] = self._config.status_callback_url
+        self._limiter.wait()
+        try:
+            created = self._client.messages.create(**params)
+        except TwilioRestException as exc:
+            raise classify(exc) from None
+        except (TwilioException, OSError) as exc:  # requests' errors are OSErrors
+            raise SendError(f"network: {type(exc).__name__}", permanent=False) from None
+        return str(created.sid)
+
+    def find_sent(self, to: str, body: str, since: datetime) -> str | None:
+        """The SID of a message Twilio already accepted to `to` with `body` since `since`."""
+        try:
+            found = self._client.messages.list(to=to, date_sent_after=since - CLOCK_SKEW,
+                                               limit=50)
+        except (TwilioException, OSError) as exc:
+            raise SendError(f"cannot list messages: {type(exc).__name__}",
+                            permanent=False) from None
+        for candidate in found:
+            created = candidate.date_created
+            if candidate.body == body and (created is None or created >= since - CLOCK_SKEW):
+                return str(candidate.sid)
+        return None
+
+    def check(self) -> list[str]:
+        """Problems with the setup, found by asking Twilio; empty when it works."""
+        try:
+            self._client.messages.list(limit=1)
+        except TwilioRestException as exc:
+            return [f"sms: Twilio refused the credentials or account (HTTP {exc.status}, "
+                    f"code {exc.code}); check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"]
+        except (TwilioException, OSError) as exc:
+            return [f"sms: cannot reach Twilio at {self._client.api.base_url} "
+                    f"({type(exc).__name__})"]
+        return []
+
+
+def classify(exc: TwilioRestException) -> SendError:
+    """Transient (retry later) or permanent (never), with what it says about the number."""
+    code = exc.code
+    reason = f"HTTP {exc.status}"
+    if exc.status == 429 or exc.status >= 500:
+        return SendError(reason, permanent=False, code=str(code) if code else None)
+    if exc.status in (401, 403):
+        # A setup problem, not this message's: keep it until the credentials are fixed.
+        return SendError(f"{reason}: credentials refused", permanent=False, code=str(code))
+    return SendError(f"{reason}: {_short(exc.msg)}", permanent=True, code=str(code),
+                     consequence=ROUTE_ERRORS.get(code or 0))
+
+
+def _short(text: object) -> str:
+    # Twilio's messages can quote the number; keep the code and a generic reason only.
+    return re.sub(r"\+?\d[\d\s-]{5,}\d", "<number>", str(text))[:200]

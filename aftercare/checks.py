@@ -1,0 +1,50 @@
+"""Setup checks: everything `aftercare check` reports and the daemon verifies before starting."""
+
+from __future__ import annotations
+
+import os
+
+from aftercare.app import App
+from aftercare.channels.twilio_sms import ACCOUNT_SID
+from aftercare.db import require_schema
+from aftercare.errors import UserError
+
+
+def setup_problems(app: App, *, live: bool = True) -> list[str]:
+    """One line per problem; `live` also asks Twilio and the SMTP relay."""
+    problems: list[str] = []
+    try:
+        require_schema(app.engine)
+    except UserError as exc:
+        problems.append(str(exc))
+    if not list(app.protocols):
+        problems.append("protocols: none found; the package's config/protocols is missing")
+    settings = app.settings
+    if settings.sms.provider == "twilio":
+        problems += credential_problems()
+    if settings.email.provider == "smtp" and settings.email.username \
+            and not os.environ.get("AFTERCARE_SMTP_PASSWORD"):
+        problems.append("email: email.username is set but AFTERCARE_SMTP_PASSWORD is not; "
+                        "export it in the daemon's environment")
+    if live and not problems:
+        for channel in app.channels.values():
+            check = getattr(channel, "check", None)
+            if check is not None:
+                problems += check()
+    return problems
+
+
+def credential_problems() -> list[str]:
+    """Twilio credentials as found in the environment (they are never read from files)."""
+    problems = []
+    sid = os.environ.get("TWILIO_ACCOUNT_SID", "")
+    if not sid:
+        problems.append("sms: TWILIO_ACCOUNT_SID is not set; export it in the daemon's "
+                        "environment")
+    elif not ACCOUNT_SID.fullmatch(sid):
+        problems.append("sms: TWILIO_ACCOUNT_SID is malformed; it is AC followed by 32 "
+                        "lowercase hex digits")
+    if not os.environ.get("TWILIO_AUTH_TOKEN"):
+        problems.append("sms: TWILIO_AUTH_TOKEN is not set; export it in the daemon's "
+                        "environment")
+    return problems
