@@ -247,6 +247,26 @@ def run(ctx: click.Context) -> None:
     run_daemon(_app(ctx))
 
 
+@cli.command()
+@click.option("--offline", is_flag=True, help="Skip contacting Twilio and the SMTP relay.")
+@click.pass_context
+def check(ctx: click.Context, offline: bool) -> None:
+    """Check the setup: config, database, credentials, Twilio and the SMTP relay."""
+    from aftercare.checks import setup_problems
+
+    app = _app(ctx)
+    problems = setup_problems(app, live=not offline)
+    for problem in problems:
+        click.echo(f"problem: {problem}")
+    if problems:
+        sys.exit(EXIT_USER_ERROR)
+    settings = app.settings
+    click.echo(f"ok: database {app.engine.url.render_as_string(hide_password=True)} is at "
+               f"this release's schema; protocols: {', '.join(p.key for p in app.protocols)}; "
+               f"sms via {settings.sms.provider}; email via {settings.email.provider}"
+               + (" (not contacted)" if offline else ""))
+
+
 @cli.command("preview")
 @click.option("--treatment", required=True, help="Protocol key, e.g. cellulite.")
 @click.option("--locale", help="Language (default: messaging.default_locale).")

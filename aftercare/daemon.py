@@ -12,7 +12,8 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEv
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from aftercare.app import App
-from aftercare.db import require_schema
+from aftercare.checks import setup_problems
+from aftercare.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,10 @@ RECOVERY_SECONDS = 60
 def run_daemon(app: App, stop: threading.Event | None = None,
                handle_signals: bool = True) -> None:
     """Dispatch every poll interval until `stop` is set (or SIGTERM/SIGINT arrives)."""
-    require_schema(app.engine)
+    problems = setup_problems(app)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError("setup", f"{problems[0]}{more}; run `aftercare check`")
     stop = stop or threading.Event()
     dispatcher = app.dispatcher()
     poll = app.settings.daemon.poll_seconds
