@@ -94,6 +94,16 @@ def test_bad_now_is_a_user_error(jane: Clinic) -> None:
         ("[daemon]\npoll_seconds = -1\n", "daemon.poll_seconds"),
         ("[database]\nurl = 'mysql://x'\n", "database.url"),
         ("[clinic\nname = 'x'\n", "not valid TOML"),
+        ("[sms]\nprovider = 'twilio'\n", "set exactly one of `from` and `messaging_service_sid`"),
+        ("[sms]\nprovider = 'twilio'\nfrom = '+12125550100'\n"
+         "messaging_service_sid = 'MG" + "0" * 32 + "'\n", "set exactly one"),
+        ("[sms]\nfrom = '2125550100'\n", "sms.from: '2125550100' is not an E.164 number"),
+        ("[sms]\nmessaging_service_sid = 'MG123'\n", "sms.messaging_service_sid"),
+        ("[sms]\napi_base_url = 'ftp://x'\n", "sms.api_base_url"),
+        ("[sms]\nprovider = 'carrier-pigeon'\n", "sms.provider"),
+        ("[email]\ntls = 'ssl'\n", "email.tls"),
+        ("[email]\nport = 0\n", "email.port"),
+        ("[sms]\nauth_token = 'secret'\n", "sms.auth_token: unknown key"),
     ],
 )
 def test_broken_config_is_one_line(clinic: Clinic, text: str, mentions: str) -> None:
