@@ -193,10 +193,17 @@ def load_settings(path: Path | None) -> Settings:
         raise UserError("config", _first_problem(exc, where)) from None
 
 
+_SECRETS = {"account_sid": "TWILIO_ACCOUNT_SID", "auth_token": "TWILIO_AUTH_TOKEN",
+            "password": "AFTERCARE_SMTP_PASSWORD"}
+
+
 def _first_problem(exc: ValidationError, where: str) -> str:
     error = exc.errors()[0]
     key = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
+    secret = _SECRETS.get(str(error["loc"][-1]))
+    if error["type"] == "extra_forbidden" and secret:
+        problem = f"secrets are never read from files; set {secret} in the environment instead"
+    elif error["type"] == "extra_forbidden":
         problem = "unknown key; check its spelling against config/aftercare.toml"
     else:
         problem = str(error["msg"]).removeprefix("Value error, ")

@@ -103,7 +103,9 @@ def test_bad_now_is_a_user_error(jane: Clinic) -> None:
         ("[sms]\nprovider = 'carrier-pigeon'\n", "sms.provider"),
         ("[email]\ntls = 'ssl'\n", "email.tls"),
         ("[email]\nport = 0\n", "email.port"),
-        ("[sms]\nauth_token = 'secret'\n", "sms.auth_token: unknown key"),
+        ("[sms]\nauth_token = 'secret'\n", "sms.auth_token: secrets are never read from files; "
+         "set TWILIO_AUTH_TOKEN"),
+        ("[email]\npassword = 'secret'\n", "set AFTERCARE_SMTP_PASSWORD in the environment"),
     ],
 )
 def test_broken_config_is_one_line(clinic: Clinic, text: str, mentions: str) -> None:
