@@ -6,10 +6,10 @@ import io
 from datetime import timedelta
 
 import pytest
+from test_dispatch import ScriptedChannel
 
 from aftercare.errors import EMAIL_INVALID, PHONE_INVALID, SMS_OPTED_OUT, SendError
 from conftest import Clinic, FixedClock, utc
-from test_dispatch import ScriptedChannel
 
 SESSION = utc("2026-03-02T10:30-05:00")
 DUE = SESSION + timedelta(hours=1)

@@ -34,10 +34,11 @@ class SmtpEmail:
                                 code=str(code), consequence=EMAIL_INVALID) from None
             raise SendError(f"SMTP {code}: recipient deferred", permanent=False,
                             code=str(code)) from None
-        except smtplib.SMTPAuthenticationError as exc:
-            # A setup problem, not this message's: keep it until the password is fixed.
-            raise SendError(f"SMTP {exc.smtp_code}: login refused", permanent=False,
-                            code=str(exc.smtp_code)) from None
+        except (smtplib.SMTPAuthenticationError, smtplib.SMTPSenderRefused) as exc:
+            # Login, TLS or sender refused: a setup problem, not this message's. Keep it
+            # until the setup is fixed (`aftercare check` says what is wrong).
+            raise SendError(f"SMTP {exc.smtp_code}: relay refused our login or sender",
+                            permanent=False, code=str(exc.smtp_code)) from None
         except smtplib.SMTPResponseException as exc:
             raise SendError(f"SMTP {exc.smtp_code}: {'refused' if exc.smtp_code >= 500 else 'deferred'}",
                             permanent=exc.smtp_code >= 500, code=str(exc.smtp_code)) from None
