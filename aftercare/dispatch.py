@@ -236,7 +236,12 @@ class Dispatcher:
         retry = not exc.permanent and prepared.attempts < limit
         error = (f"{exc.code}: {exc.reason}" if exc.code else exc.reason)[:500]
         values: dict[str, object] = {"last_error": error, "updated_at": now, "claimed_at": None}
-        if retry:
+        if exc.unknown_outcome:
+            # Keep the claim: once its lease runs out, recovery asks the provider whether
+            # the message arrived and adopts it, and only otherwise sends it again.
+            values = {"last_error": error, "updated_at": now}
+            retry = True
+        elif retry:
             values |= {"status": MessageStatus.PENDING,
                        "send_after": now + self.backoff(prepared.attempts)}
         else:

@@ -26,9 +26,12 @@ class SendError(Exception):
     """
 
     def __init__(self, reason: str, *, permanent: bool, code: str | None = None,
-                 consequence: str | None = None) -> None:
+                 consequence: str | None = None, unknown_outcome: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         self.code = code
         self.consequence = consequence
+        # The request may have reached the provider (e.g. a read timeout): sending again
+        # blindly could deliver it twice, so the dispatcher asks the provider first.
+        self.unknown_outcome = unknown_outcome

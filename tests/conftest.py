@@ -95,3 +95,35 @@ def utc(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     assert moment.tzinfo is not None, "give tests explicit offsets"
     return moment.astimezone(UTC)
+
+
+def midday_zone() -> str:
+    """A fixed-offset zone where it is about noon now (real clock), clear of quiet hours."""
+    offset = 12 - datetime.now(UTC).hour  # hours to add to UTC
+    # POSIX-style names: Etc/GMT-8 is UTC+8.
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+
+
+@pytest.fixture
+def fake_twilio(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A running fake Twilio (checked against Twilio's OpenAPI spec) and its credentials."""
+    from fakes.twilio import FakeTwilio
+
+    with FakeTwilio() as fake:
+        monkeypatch.setenv("TWILIO_ACCOUNT_SID", fake.account_sid)
+        monkeypatch.setenv("TWILIO_AUTH_TOKEN", fake.auth_token)
+        for name in ("TWILIO_EDGE", "TWILIO_REGION"):
+            monkeypatch.delenv(name, raising=False)
+        yield fake
+        assert fake.problems == [], "requests that break Twilio's API contract"
+
+
+def twilio_config(clinic: Clinic, fake: Any, **overrides: object) -> Path:
+    """The clinic's config with SMS through the fake Twilio; `overrides` change [sms] keys."""
+    keys: dict[str, object] = {"provider": "twilio", "from": "+12125550100",
+                               "api_base_url": fake.url, "timeout_seconds": 1,
+                               "rate_per_second": 1000, **overrides}
+    lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in keys.items())
+    config = clinic.folder / "twilio.toml"
+    config.write_text(f"{clinic.config.read_text()}\n[sms]\n{lines}\n", encoding="utf-8")
+    return config

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from aftercare.channels import Outgoing
 from aftercare.daemon import run_daemon
-from conftest import Clinic
+from conftest import Clinic, midday_zone
 
 DEADLINE = 20.0  # generous: waits end as soon as the awaited effect is seen
 
@@ -26,17 +26,10 @@ def _wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
         time.sleep(0.05)
 
 
-def _midday_zone() -> str:
-    """A fixed-offset zone where it is about noon now, so quiet hours never interfere."""
-    offset = 12 - datetime.now(UTC).hour  # hours to add to UTC
-    # POSIX-style names: Etc/GMT-8 is UTC+8.
-    return "Etc/GMT" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
-
-
 def _enroll_due_now(clinic: Clinic) -> None:
     """A patient whose first messages are due at the real current time."""
     clinic.json("patient", "add", "--name", "Jane Doe", "--phone", "+12125550123",
-                "--email", "jane@example.com", "--timezone", _midday_zone(), "--ref", "J1")
+                "--email", "jane@example.com", "--timezone", midday_zone(), "--ref", "J1")
     session = (datetime.now(UTC) - timedelta(hours=1, minutes=5)).isoformat()
     clinic.json("enroll", "J1", "--treatment", "cellulite", "--session-at", session)
 

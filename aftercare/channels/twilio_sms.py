@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timedelta
 
+from requests.exceptions import ConnectTimeout
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
+from urllib3.exceptions import NewConnectionError
 
 from aftercare.channels import Outgoing
 from aftercare.channels.rate_limit import RateLimiter
@@ -33,6 +36,8 @@ class TwilioSms:
                               http_client=TwilioHttpClient(timeout=config.timeout_seconds))
         if config.api_base_url:
             self._client.api.base_url = config.api_base_url
+            # TWILIO_EDGE / TWILIO_REGION would rewrite the host of an explicit base URL.
+            self._client.edge = self._client.region = None
         self._limiter = limiter or RateLimiter(config.rate_per_second)
 
     def send(self, message: Outgoing) -> str:
@@ -48,21 +53,30 @@ class TwilioSms:
             created = self._client.messages.create(**params)
         except TwilioRestException as exc:
             raise classify(exc) from None
-        except (TwilioException, OSError) as exc:  # requests' errors are OSErrors
-            raise SendError(f"network: {type(exc).__name__}", permanent=False) from None
+        except OSError as exc:
+            if _never_left(exc):
+                raise SendError(f"network: {type(exc).__name__}", permanent=False) from None
+            # Read timeout, connection dropped mid-request: Twilio may have the message.
+            raise SendError(f"network: {type(exc).__name__}, outcome unknown", permanent=False,
+                            unknown_outcome=True) from None
+        except TwilioException as exc:
+            raise SendError(f"twilio client: {type(exc).__name__}", permanent=False) from None
         return str(created.sid)
 
     def find_sent(self, to: str, body: str, since: datetime) -> str | None:
         """The SID of a message Twilio already accepted to `to` with `body` since `since`."""
+        after = since - CLOCK_SKEW
         try:
-            found = self._client.messages.list(to=to, date_sent_after=since - CLOCK_SKEW,
-                                               limit=50)
+            found = self._client.messages.list(to=to, date_sent_after=after, limit=20)
+            # DateSent stays empty while a message waits in Twilio's queue: look at the
+            # newest messages to that number as well, by creation time.
+            found += self._client.messages.list(to=to, limit=20)
         except (TwilioException, OSError) as exc:
             raise SendError(f"cannot list messages: {type(exc).__name__}",
                             permanent=False) from None
         for candidate in found:
             created = candidate.date_created
-            if candidate.body == body and (created is None or created >= since - CLOCK_SKEW):
+            if candidate.body == body and (created is None or created >= after):
                 return str(candidate.sid)
         return None
 
@@ -70,10 +84,14 @@ class TwilioSms:
         """Problems with the setup, found by asking Twilio; empty when it works."""
         try:
             self._client.messages.list(limit=1)
-        except TwilioRestException as exc:
-            return [f"sms: Twilio refused the credentials or account (HTTP {exc.status}, "
-                    f"code {exc.code}); check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"]
-        except (TwilioException, OSError) as exc:
+        except TwilioException as exc:
+            # List calls raise a bare TwilioException carrying the HTTP response.
+            response = exc.args[1] if len(exc.args) > 1 else None
+            status = getattr(response, "status_code", None) or getattr(exc, "status", "?")
+            code = _error_code(response)
+            return [f"sms: Twilio refused the credentials or account (HTTP {status}, "
+                    f"code {code}); check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"]
+        except OSError as exc:
             return [f"sms: cannot reach Twilio at {self._client.api.base_url} "
                     f"({type(exc).__name__})"]
         return []
@@ -90,6 +108,21 @@ def classify(exc: TwilioRestException) -> SendError:
         return SendError(f"{reason}: credentials refused", permanent=False, code=str(code))
     return SendError(f"{reason}: {_short(exc.msg)}", permanent=True, code=str(code),
                      consequence=ROUTE_ERRORS.get(code or 0))
+
+
+def _error_code(response: object) -> object:
+    try:
+        return json.loads(getattr(response, "text", ""))["code"]
+    except (ValueError, KeyError, TypeError):
+        return "?"
+
+
+def _never_left(exc: OSError) -> bool:
+    """Whether the request certainly never reached Twilio (no connection was made)."""
+    if isinstance(exc, ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
 
 
 def _short(text: object) -> str:
