@@ -265,3 +265,22 @@ def test_sends_respect_the_rate(fake_twilio: FakeTwilio) -> None:
     for _ in range(3):
         channel.send(MESSAGE)
     assert waits == [0.25, 0.25] and len(fake_twilio.created) == 3
+
+
+def test_check_passes_on_the_example_config_with_the_fakes(clinic: Clinic, fake_twilio: FakeTwilio,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from fakes.smtp import FakeSmtp
+
+    example = Path(__file__).resolve().parents[1] / "config" / "aftercare.twilio-smtp.toml"
+    with FakeSmtp(auth=("aftercare@lumiere.example", "relay-secret")) as relay:
+        # Only where the services are differs from the example; everything else is as shipped.
+        for key, value in {"DATABASE__URL": f"sqlite:///{clinic.db_path}",
+                           "SMS__API_BASE_URL": fake_twilio.url, "EMAIL__HOST": relay.host,
+                           "EMAIL__PORT": str(relay.port), "EMAIL__TLS": "none",
+                           "SMTP_PASSWORD": "relay-secret"}.items():
+            monkeypatch.setenv(f"AFTERCARE_{key}", value)
+        result = clinic.run("--config", str(example), "check")
+    assert result.exit_code == 0, result.output
+    assert "sms via twilio; email via smtp" in result.stdout
