@@ -207,7 +207,7 @@ def _table(rows: list[Message], patients: dict[int | None, Patient]) -> None:
         owner = patients.get(m.patient_id)
         local = m.send_after.astimezone(zone(owner.timezone)) if owner else m.send_after
         when = f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
-        detail = m.last_error or m.provider_id or ""
+        detail = " | ".join(part for part in (m.provider_id, m.last_error) if part)
         click.echo(f"{m.id:>5}  {m.patient_id:<8} {m.step:<13} {m.channel:<7} {when:<24} "
                    f"{m.status:<9} {m.attempts:>5}  {detail}")
 

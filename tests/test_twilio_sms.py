@@ -170,6 +170,8 @@ def test_unknown_outcome_is_adopted_not_sent_twice(clinic: Clinic, fake_twilio: 
     assert clinic.rows("SELECT status, provider_id, last_error FROM message "
                        "WHERE step = 'first_48h'") == [
         ("sent", fake_twilio.created[0]["sid"], "adopted after an interrupted send")]
+    listing = clinic.run("--config", str(config), "messages", "--status", "sent").stdout
+    assert f"{fake_twilio.created[0]['sid']} | adopted after an interrupted send" in listing
 
 
 def test_killed_between_acceptance_and_record_sends_nothing_twice(clinic: Clinic,
