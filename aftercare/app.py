@@ -33,7 +33,8 @@ class UnavailableChannel:
         self.name, self.reason = name, reason
 
     def send(self, message: Outgoing) -> str:
-        raise SendError(f"channel not set up: {self.reason}", permanent=False)
+        raise SendError(f"channel not set up: {self.reason}", permanent=False,
+                        setup_problem=True)
 
 
 def build_channels(settings: Settings, console: TextIO | None = None) -> dict[str, Channel]:
@@ -86,4 +87,4 @@ class App:
 
     def dispatcher(self, rng: random.Random | None = None) -> Dispatcher:
         return Dispatcher(self.engine, self.settings, self.protocols, self.renderer,
-                          self.channels, rng or random.Random())
+                          self.channels, rng or random.Random(), self.clock)

@@ -221,8 +221,13 @@ def send_due(ctx: click.Context, now_text: str | None, as_json: bool) -> None:
     app = _app(ctx, json_output=as_json)
     now = (parse_time(now_text, zone(app.settings.clinic.timezone), "now")
            if now_text else app.clock())
-    with app.db():
-        pass  # refuses an uninitialised database before anything is claimed
+    from aftercare.checks import setup_problems
+
+    # Offline checks only (no provider contacted): a missing secret must not eat attempts.
+    problems = setup_problems(app, live=False)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError("setup", f"{problems[0]}{more}; run `aftercare check`")
     dispatcher = app.dispatcher()
     # Leases are real time: a --now far ahead must not take over a running daemon's claims.
     dispatcher.recover_stale(system_clock())

@@ -155,6 +155,18 @@ class Settings(BaseSettings):
     email: EmailConfig = EmailConfig()
     daemon: DaemonConfig = DaemonConfig()
 
+    @model_validator(mode="after")
+    def _lease_outlasts_a_send(self) -> Settings:
+        # A claim older than its lease is taken back; if one send can outlast the lease,
+        # a slow send in flight could be taken back and sent twice.
+        longest = max(self.sms.timeout_seconds + 1 / self.sms.rate_per_second,
+                      self.email.timeout_seconds)
+        if self.daemon.lease_seconds < 2 * longest:
+            raise ValueError(f"daemon.lease_seconds ({self.daemon.lease_seconds}) must be at "
+                             f"least {2 * longest:g}: twice the longest send (timeout plus "
+                             "rate wait)")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -200,7 +212,7 @@ _SECRETS = {"account_sid": "TWILIO_ACCOUNT_SID", "auth_token": "TWILIO_AUTH_TOKE
 def _first_problem(exc: ValidationError, where: str) -> str:
     error = exc.errors()[0]
     key = ".".join(str(part) for part in error["loc"])
-    secret = _SECRETS.get(str(error["loc"][-1]))
+    secret = _SECRETS.get(str(error["loc"][-1])) if error["loc"] else None
     if error["type"] == "extra_forbidden" and secret:
         problem = f"secrets are never read from files; set {secret} in the environment instead"
     elif error["type"] == "extra_forbidden":
@@ -211,4 +223,4 @@ def _first_problem(exc: ValidationError, where: str) -> str:
     variable = "AFTERCARE_" + "__".join(str(part) for part in error["loc"]).upper()
     if variable in {name.upper() for name in os.environ}:
         where = f"environment variable {variable}"
-    return f"{key}: {problem} [{where}]{more}"
+    return f"{key + ': ' if key else ''}{problem} [{where}]{more}"

@@ -15,7 +15,7 @@ from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
 from aftercare.channels import Channel, Outgoing
-from aftercare.clock import zone
+from aftercare.clock import Clock, system_clock, zone
 from aftercare.config import Settings
 from aftercare.errors import SendError, UserError
 from aftercare.models import (
@@ -28,10 +28,12 @@ from aftercare.models import (
     SessionStatus,
 )
 from aftercare.protocols import ProtocolBook
-from aftercare.reachability import close_route
+from aftercare.reachability import close_route, email_instead
 from aftercare.rendering import Rendered, Renderer, message_context
 
 log = logging.getLogger(__name__)
+
+SETUP_RETRY_SECONDS = 300
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Dispatcher:
     renderer: Renderer
     channels: Mapping[str, Channel]
     rng: random.Random = field(default_factory=random.Random)
+    clock: Clock = system_clock  # renews claims: a lease counts from each send, not the batch
 
     def run_once(self, now: datetime, stop: threading.Event | None = None) -> DispatchCounts:
         """Send everything due at `now`, batch by batch, until nothing is left or `stop` is set."""
@@ -117,7 +120,9 @@ class Dispatcher:
     def process(self, message_id: int, now: datetime) -> str:
         """Check, render and send one claimed message; returns the outcome's name."""
         with DbSession(self.engine) as db:
-            message = db.get(Message, message_id)
+            # Locked (PostgreSQL; SQLite's IMMEDIATE transaction already is) so recovery
+            # cannot requeue the row between this check and the renewed claim below.
+            message = db.get(Message, message_id, with_for_update=True)
             if message is None or message.status != MessageStatus.SENDING:
                 return "cancelled"
             prepared = self._prepare(db, message, now)
@@ -155,6 +160,8 @@ class Dispatcher:
         assert patient is not None and course is not None and session is not None
         reason = _why_not(patient, course, session, message.channel)
         if reason is not None:
+            if email_instead(db, patient, message, now):
+                reason += "; sent by email instead"
             message.status, message.last_error = MessageStatus.CANCELLED, reason
             return "cancelled"
         if now >= message.expires_at:
@@ -178,13 +185,15 @@ class Dispatcher:
                       message.channel, exc)
             return "failed"
         to = patient.phone if message.channel == "sms" else patient.email
-        assert to is not None and message.id is not None and message.claimed_at is not None
+        assert to is not None and message.id is not None
         outgoing = Outgoing(message_id=message.id, channel=message.channel, to=to,
                             patient_name=patient.name, timezone=patient.timezone,
                             step=message.step, text=rendered.text, subject=rendered.subject,
                             html=rendered.html, at=now)
         # Stored before the network call: recovery after a crash recognises it at the provider.
         message.body, message.subject = rendered.text, rendered.subject
+        # Renew the claim: the lease covers this send, however long the batch took so far.
+        message.claimed_at = self.clock()
         return _Prepared(outgoing, message.claimed_at, message.attempts, patient.id or 0)
 
     def _render(self, db: DbSession, message: Message, patient: Patient, course: Course,
@@ -236,7 +245,13 @@ class Dispatcher:
         retry = not exc.permanent and prepared.attempts < limit
         error = (f"{exc.code}: {exc.reason}" if exc.code else exc.reason)[:500]
         values: dict[str, object] = {"last_error": error, "updated_at": now, "claimed_at": None}
-        if exc.unknown_outcome:
+        if exc.setup_problem:
+            # Not this message's fault: it keeps its attempts and waits for the fix.
+            values |= {"status": MessageStatus.PENDING, "attempts": Message.attempts - 1,
+                       "send_after": now + timedelta(seconds=min(
+                           SETUP_RETRY_SECONDS, self.settings.daemon.retry_max_seconds))}
+            retry = True
+        elif exc.unknown_outcome:
             # Keep the claim: once its lease runs out, recovery asks the provider whether
             # the message arrived and adopts it, and only otherwise sends it again.
             values = {"last_error": error, "updated_at": now}

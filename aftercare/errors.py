@@ -26,7 +26,8 @@ class SendError(Exception):
     """
 
     def __init__(self, reason: str, *, permanent: bool, code: str | None = None,
-                 consequence: str | None = None, unknown_outcome: bool = False) -> None:
+                 consequence: str | None = None, unknown_outcome: bool = False,
+                 setup_problem: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
@@ -35,3 +36,6 @@ class SendError(Exception):
         # The request may have reached the provider (e.g. a read timeout): sending again
         # blindly could deliver it twice, so the dispatcher asks the provider first.
         self.unknown_outcome = unknown_outcome
+        # Our credentials or sender were refused: no fault of this message, so it keeps
+        # its attempts and waits for the setup to be fixed (`aftercare check`).
+        self.setup_problem = setup_problem

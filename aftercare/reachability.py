@@ -37,6 +37,13 @@ def close_route(db: DbSession, patient: Patient, consequence: str, failed: Messa
             db.add(message)
 
 
+def email_instead(db: DbSession, patient: Patient, message: Message, now: datetime) -> bool:
+    """For an SMS found on a closed route at send time: make sure it goes by email instead."""
+    if message.channel != "sms" or not (patient.phone_invalid_at or patient.sms_opted_out_at):
+        return False
+    return _email_twin(db, patient, message, now)
+
+
 def _email_twin(db: DbSession, patient: Patient, message: Message, now: datetime) -> bool:
     """Make sure an SMS that cannot go has an email counterpart; False if none is possible."""
     if message.channel != "sms" or not patient.email or patient.email_opted_out_at \

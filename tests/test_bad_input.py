@@ -103,6 +103,7 @@ def test_bad_now_is_a_user_error(jane: Clinic) -> None:
         ("[sms]\nprovider = 'carrier-pigeon'\n", "sms.provider"),
         ("[email]\ntls = 'ssl'\n", "email.tls"),
         ("[email]\nport = 0\n", "email.port"),
+        ("[daemon]\nlease_seconds = 40\n", "daemon.lease_seconds (40) must be at least 60"),
         ("[sms]\nauth_token = 'secret'\n", "sms.auth_token: secrets are never read from files; "
          "set TWILIO_AUTH_TOKEN"),
         ("[email]\npassword = 'secret'\n", "set AFTERCARE_SMTP_PASSWORD in the environment"),

@@ -315,3 +315,36 @@ def test_database_errors_never_carry_bound_values(enrolled: Clinic) -> None:
         conn.execute(text("UPDATE patient SET phone = :p WHERE nope = 1"), {"p": "+12125550199"})
     assert "nope" in str(caught.value)
     assert "+12125550199" not in str(caught.value)
+
+
+def test_a_slow_batch_never_lets_recovery_take_a_send_in_flight(enrolled: Clinic) -> None:
+    now = SESSION + timedelta(hours=1)
+    clock = FixedClock(now)
+    recovered: list[int] = []
+
+    def earlier_sends_were_slow(message: Outgoing) -> None:
+        clock.now = now + timedelta(seconds=305)  # the batch was claimed over a lease ago
+
+    def recovery_runs_meanwhile(message: Outgoing) -> None:
+        recovered.append(dispatcher.recover_stale(clock.now))
+
+    sms = ScriptedChannel("sms", on_send=earlier_sends_were_slow)
+    email = ScriptedChannel("email", on_send=recovery_runs_meanwhile)
+    dispatcher = _app(enrolled, clock, sms=sms, email=email).dispatcher()
+    dispatcher.run_once(now)  # claims first_48h on sms and email as one batch
+    assert recovered == [0]  # the email in flight renewed its claim when it started
+    dispatcher.run_once(clock.now)
+    assert [m.step for m in email.sent] == ["first_48h"]  # sent once, not twice
+    assert _status(enrolled, "first_48h", "email")[0] == "sent"
+
+
+def test_setup_problem_keeps_the_attempt_and_waits(enrolled: Clinic) -> None:
+    now = SESSION + timedelta(hours=1)
+    sms = ScriptedChannel("sms", [SendError("HTTP 401: account or sender refused",
+                                            permanent=False, code="20003", setup_problem=True)])
+    counts = _app(enrolled, FixedClock(now), sms=sms).dispatcher().run_once(now)
+    assert counts.retrying == 1
+    assert _status(enrolled, "first_48h", "sms") == ("pending", 0,
+                                                     "20003: HTTP 401: account or sender refused")
+    assert enrolled.rows("SELECT send_after FROM message WHERE step = 'first_48h' "
+                         "AND channel = 'sms'") == [("2026-03-02 16:35:00.000000",)]  # +5 min

@@ -87,3 +87,23 @@ def test_permanent_failure_without_consequence_touches_nothing_else(clinic: Clin
     assert clinic.rows("SELECT status, count(*) FROM message GROUP BY status") == [
         ("failed", 1), ("pending", 5)]
     assert clinic.rows("SELECT sms_opted_out_at, phone_invalid_at FROM patient") == [(None, None)]
+
+
+def test_sms_already_claimed_in_the_same_batch_also_goes_by_email(clinic: Clinic) -> None:
+    # Two SMS due together (held by quiet hours); the first reveals the number is invalid.
+    clinic.json("patient", "add", "--name", "Kim Lee", "--phone", "+12125550125",
+                "--email", "kim@example.com", "--channels", "sms", "--ref", "K1")
+    clinic.json("--now", "2026-03-02T18:30-05:00", "enroll", "K1", "--treatment", "cellulite",
+                "--session-at", "2026-03-02T18:00")
+    morning = utc("2026-03-03T09:00-05:00")
+    sms = ScriptedChannel("sms", [SendError("HTTP 400", permanent=True, code="21211",
+                                            consequence=PHONE_INVALID)])
+    app = clinic.app(clock=FixedClock(morning), console=io.StringIO())
+    app.channels["sms"] = sms
+    counts = app.dispatcher().run_once(morning)
+    rows = dict(((step, channel), status) for step, channel, status in clinic.rows(
+        "SELECT step, channel, status FROM message"))
+    assert rows[("first_48h", "sms")] == "failed"
+    assert rows[("arnica", "sms")] == "cancelled"  # claimed in the same batch
+    assert rows[("first_48h", "email")] == rows[("arnica", "email")] == "sent"
+    assert counts.sent == 2 and sms.sent == []

@@ -14,7 +14,7 @@ from aftercare.channels import Outgoing
 from aftercare.channels.smtp_email import SmtpEmail
 from aftercare.config import ClinicConfig, EmailConfig
 from aftercare.errors import EMAIL_INVALID, SendError
-from conftest import Clinic, utc
+from conftest import Clinic, FixedClock, utc
 
 CLINIC = ClinicConfig(name="Lumiere Aesthetics", phone="+1 212 555 0100",
                       email="care@lumiere.example", emergency_number="911")
@@ -171,7 +171,8 @@ def test_interrupted_email_is_resent_with_the_same_message_id(clinic: Clinic) ->
                 "--session-at", "2026-03-02T10:30")
     now = utc("2026-03-02T11:30-05:00")
     with FakeSmtp() as server:
-        app = clinic.app(console=io.StringIO())
+        clock = FixedClock(now)
+        app = clinic.app(clock=clock, console=io.StringIO())
         real = _channel(server)
 
         class DiesAfterSending:
@@ -187,7 +188,7 @@ def test_interrupted_email_is_resent_with_the_same_message_id(clinic: Clinic) ->
             dispatcher.run_once(now)
         assert clinic.rows("SELECT status FROM message WHERE step = 'first_48h'") == [("sending",)]
         app.channels["email"] = real
-        later = now + timedelta(seconds=app.settings.daemon.lease_seconds + 1)
+        later = clock.now = now + timedelta(seconds=app.settings.daemon.lease_seconds + 1)
         assert dispatcher.recover_stale(later) == 1
         assert dispatcher.run_once(later).sent == 1
         ids = [r.message["Message-ID"] for r in server.received]

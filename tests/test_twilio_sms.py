@@ -69,9 +69,11 @@ def test_messaging_service_and_status_callback(fake_twilio: FakeTwilio) -> None:
         (server_error(), False, "20500", None),
         (bad_gateway_html(), False, "502", None),
         (error(401, 20003, "Authenticate"), False, "20003", None),
+        (error(400, 21606, "The From phone number is not a valid, SMS-capable number"), False,
+         "21606", None),
     ],
     ids=["21211-invalid", "21614-not-mobile", "21610-stop", "21602-other-4xx", "429",
-         "500", "502-html", "401-credentials"],
+         "500", "502-html", "401-credentials", "21606-bad-sender"],
 )
 def test_answers_are_classified(fake_twilio: FakeTwilio, outcome, permanent: bool,  # type: ignore[no-untyped-def]
                                 code: str, consequence: str | None) -> None:
@@ -81,6 +83,8 @@ def test_answers_are_classified(fake_twilio: FakeTwilio, outcome, permanent: boo
     error_ = caught.value
     assert (error_.permanent, error_.code, error_.consequence) == (permanent, code, consequence)
     assert not error_.unknown_outcome
+    # Our credentials or sender number refused: a setup problem, not the patient's message.
+    assert error_.setup_problem == (code in ("20003", "21606"))
     assert TO not in str(error_) and "2125550123" not in str(error_)  # no number in errors
 
 
@@ -286,3 +290,16 @@ def test_check_passes_on_the_example_config_with_the_fakes(clinic: Clinic, fake_
         result = clinic.run("--config", str(example), "check")
     assert result.exit_code == 0, result.output
     assert "sms via twilio; email via smtp" in result.stdout
+
+
+def test_send_due_refuses_to_spend_attempts_without_credentials(clinic: Clinic,
+                                                               fake_twilio: FakeTwilio,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _enroll_due_now(clinic)
+    config = twilio_config(clinic, fake_twilio)
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN")
+    result = clinic.run("--config", str(config), "send-due")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: setup: sms: TWILIO_AUTH_TOKEN is not set")
+    assert clinic.rows("SELECT max(attempts) FROM message") == [(0,)]
+    assert fake_twilio.requests == []

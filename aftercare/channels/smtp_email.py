@@ -38,7 +38,8 @@ class SmtpEmail:
             # Login, TLS or sender refused: a setup problem, not this message's. Keep it
             # until the setup is fixed (`aftercare check` says what is wrong).
             raise SendError(f"SMTP {exc.smtp_code}: relay refused our login or sender",
-                            permanent=False, code=str(exc.smtp_code)) from None
+                            permanent=False, code=str(exc.smtp_code),
+                            setup_problem=True) from None
         except smtplib.SMTPResponseException as exc:
             raise SendError(f"SMTP {exc.smtp_code}: {'refused' if exc.smtp_code >= 500 else 'deferred'}",
                             permanent=exc.smtp_code >= 500, code=str(exc.smtp_code)) from None

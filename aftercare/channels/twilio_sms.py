@@ -19,6 +19,8 @@ from aftercare.errors import PHONE_INVALID, SMS_OPTED_OUT, SendError
 
 # Twilio error codes that condemn the number itself, not just this message.
 ROUTE_ERRORS = {21211: PHONE_INVALID, 21614: PHONE_INVALID, 21610: SMS_OPTED_OUT}
+# 21212: invalid From number; 21606: From is not an SMS-capable number of this account.
+SENDER_ERRORS = {21212, 21606}
 ACCOUNT_SID = re.compile(r"AC[0-9a-f]{32}")
 # Clocks differ between this machine and Twilio's; adopt messages created a little "before".
 CLOCK_SKEW = timedelta(minutes=2)
@@ -89,8 +91,11 @@ class TwilioSms:
             response = exc.args[1] if len(exc.args) > 1 else None
             status = getattr(response, "status_code", None) or getattr(exc, "status", "?")
             code = _error_code(response)
-            return [f"sms: Twilio refused the credentials or account (HTTP {status}, "
-                    f"code {code}); check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"]
+            if status in (401, 403):
+                return [f"sms: Twilio refused the credentials or account (HTTP {status}, "
+                        f"code {code}); check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"]
+            return [f"sms: Twilio answered HTTP {status} (code {code}) at "
+                    f"{self._client.api.base_url}; try again later"]
         except OSError as exc:
             return [f"sms: cannot reach Twilio at {self._client.api.base_url} "
                     f"({type(exc).__name__})"]
@@ -103,9 +108,10 @@ def classify(exc: TwilioRestException) -> SendError:
     reason = f"HTTP {exc.status}"
     if exc.status == 429 or exc.status >= 500:
         return SendError(reason, permanent=False, code=str(code) if code else None)
-    if exc.status in (401, 403):
-        # A setup problem, not this message's: keep it until the credentials are fixed.
-        return SendError(f"{reason}: credentials refused", permanent=False, code=str(code))
+    if exc.status in (401, 403) or code in SENDER_ERRORS:
+        # Our credentials or sender number, not this message: keep it until they are fixed.
+        return SendError(f"{reason}: account or sender refused", permanent=False,
+                         code=str(code), setup_problem=True)
     return SendError(f"{reason}: {_short(exc.msg)}", permanent=True, code=str(code),
                      consequence=ROUTE_ERRORS.get(code or 0))
 
