@@ -66,9 +66,14 @@ class App:
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Clock = system_clock,
                       console: TextIO | None = None) -> App:
+        messaging = settings.messaging
         app = cls(settings=settings, engine=make_engine(settings.database.url),
-                  protocols=ProtocolBook.load(), renderer=Renderer(), clock=clock,
-                  console=console)
+                  protocols=ProtocolBook.load(
+                      clinic_folder=Path(messaging.protocols_dir) if messaging.protocols_dir
+                      else None),
+                  renderer=Renderer([Path(messaging.templates_dir)] if messaging.templates_dir
+                                    else None),
+                  clock=clock, console=console)
         app.channels = build_channels(settings, console)
         return app
 

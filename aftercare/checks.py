@@ -6,6 +6,7 @@ import os
 
 from aftercare.app import App
 from aftercare.channels.twilio_sms import ACCOUNT_SID
+from aftercare.content_check import content_problems
 from aftercare.db import require_schema
 from aftercare.errors import UserError
 
@@ -19,6 +20,7 @@ def setup_problems(app: App, *, live: bool = True) -> list[str]:
         problems.append(str(exc))
     if not list(app.protocols):
         problems.append("protocols: none found; the package's config/protocols is missing")
+    problems += content_problems(app.settings, app.protocols, app.renderer)
     settings = app.settings
     if settings.sms.provider == "twilio":
         problems += credential_problems()

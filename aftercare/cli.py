@@ -15,6 +15,7 @@ from aftercare.db import migrate
 from aftercare.errors import UserError
 from aftercare.models import Message, MessageStatus, Patient
 from aftercare.outbox import list_messages, message_json
+from aftercare.segments import budget, measure, name_of
 
 EXIT_USER_ERROR = 2
 
@@ -272,6 +273,36 @@ def check(ctx: click.Context, offline: bool) -> None:
                + (" (not contacted)" if offline else ""))
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the protocols as JSON.")
+@click.pass_context
+def protocols(ctx: click.Context, as_json: bool) -> None:
+    """List the treatments: course, maintenance and every step with its timing."""
+    from aftercare.protocols import describe_timing
+
+    app = _app(ctx)
+    listed = [{"key": p.key, "name": p.name, "region": p.region, "areas": list(p.areas),
+               "sessions": p.sessions, "spacing_days": list(p.spacing_days),
+               "maintenance": p.maintenance.summary if p.maintenance else None,
+               "steps": [{"key": s.key, "title": s.title, "timing": describe_timing(s),
+                          "valid_for_hours": s.valid_for.total_seconds() / 3600,
+                          "channels": list(s.channels), "on_sessions": s.on_sessions}
+                         for s in p.steps]} for p in app.protocols]
+    if as_json:
+        _emit(listed)
+        return
+    for item in listed:
+        low, high = item["spacing_days"]
+        click.echo(f"{item['key']}: {item['name']} ({', '.join(item['areas']) or item['region']})")
+        click.echo(f"  course: {item['sessions']} sessions, {low}-{high} days apart; "
+                   f"maintenance: {item['maintenance'] or 'not set'}")
+        for step in item["steps"]:
+            once = "" if step["on_sessions"] == "every" else f", after the {step['on_sessions']} session"
+            click.echo(f"  - {step['key']:<13} {step['timing']}{once}; valid "
+                       f"{step['valid_for_hours']:g}h; {'+'.join(step['channels'])}")
+        click.echo()
+
+
 @cli.command("preview")
 @click.option("--treatment", required=True, help="Protocol key, e.g. cellulite.")
 @click.option("--locale", help="Language (default: messaging.default_locale).")
@@ -295,7 +326,11 @@ def preview_command(ctx: click.Context, treatment: str, locale: str | None,
             click.echo(f"Subject: {item.rendered.subject}\n")
         click.echo(item.rendered.text)
         if item.channel == "sms":
-            click.echo(f"({len(item.rendered.text)} characters)")
+            size = measure(item.rendered.text)
+            over = " OVER BUDGET" if size.segments > budget(locale) else ""
+            click.echo(f"({len(item.rendered.text)} characters, {size.describe()}{over})")
+            if size.forcing_ucs2:
+                click.echo("UCS-2 because of: " + ", ".join(map(name_of, size.forcing_ucs2)))
         click.echo()
 
 

@@ -54,6 +54,17 @@ class MessagingConfig(_Section):
     default_locale: str = "en"
     quiet_start: time = time(20, 0)
     quiet_end: time = time(9, 0)
+    # The clinic's own folders: a file there with a packaged file's name replaces it.
+    templates_dir: str = ""
+    protocols_dir: str = ""
+
+    @field_validator("templates_dir", "protocols_dir")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        if value and not Path(value).is_dir():
+            raise ValueError(f"'{value}' is not a folder (relative paths start at the "
+                             "working directory)")
+        return value
 
     @property
     def quiet_hours(self) -> QuietHours:

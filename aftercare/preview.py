@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from typing import Any
 
 from aftercare.clock import zone
 from aftercare.config import Settings
@@ -23,9 +24,9 @@ class PreviewItem:
     rendered: Rendered
 
 
-def preview(settings: Settings, renderer: Renderer, protocol: Protocol, locale: str,
-            channel: str | None = None, *, today: datetime) -> list[PreviewItem]:
-    """Render each step of `protocol` in `locale` on `channel` (default: every channel)."""
+def sample_context(settings: Settings, protocol: Protocol, locale: str, *, today: datetime,
+                   first_sms: bool = True, booked: bool = True) -> dict[str, Any]:
+    """Template variables for a sample patient (Jane Doe) treated today at 10:30."""
     tz = settings.clinic.timezone
     patient = Patient(name="Jane Doe", phone="+12125550123", email="jane@example.com",
                       timezone=tz, locale=locale, channels="sms,email", created_at=today)
@@ -35,16 +36,22 @@ def preview(settings: Settings, renderer: Renderer, protocol: Protocol, locale: 
     session_at = datetime.combine(local_day, time(10, 30), tzinfo=zone(tz))
     session = Session(course_id=0, number=1, at=session_at, status=SessionStatus.COMPLETED,
                       created_at=today)
-    booked = Session(course_id=0, number=2, at=session_at + timedelta(days=protocol.spacing_days[0]),
-                     status=SessionStatus.BOOKED, created_at=today)
+    next_session = Session(course_id=0, number=2,
+                           at=session_at + timedelta(days=protocol.spacing_days[0]),
+                           status=SessionStatus.BOOKED, created_at=today) if booked else None
+    return message_context(settings.clinic, patient, protocol, course, session, next_session,
+                           first_sms=first_sms)
+
+
+def preview(settings: Settings, renderer: Renderer, protocol: Protocol, locale: str,
+            channel: str | None = None, *, today: datetime) -> list[PreviewItem]:
+    """Render each step of `protocol` in `locale` on `channel` (default: every channel)."""
     items = []
     for step in protocol.steps:
+        context = sample_context(settings, protocol, locale, today=today,
+                                 first_sms=step is protocol.steps[0])
         for name in step.channels:
-            if channel is not None and name != channel:
-                continue
-            context = message_context(settings.clinic, patient, protocol, course, session,
-                                      booked, first_sms=step is protocol.steps[0])
-            items.append(PreviewItem(step.key, step.title, describe_timing(step), name,
-                                     renderer.render(locale, step.key, name, context)))
+            if channel is None or name == channel:
+                items.append(PreviewItem(step.key, step.title, describe_timing(step), name,
+                                         renderer.render(locale, step.key, name, context)))
     return items
-

@@ -79,6 +79,14 @@ class Step(BaseModel):
         return datetime.combine(day, self.at, tzinfo=tz).astimezone(UTC)
 
 
+class Maintenance(BaseModel):
+    """What follows the course; `summary` is for staff listings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    summary: str
+
+
 class Protocol(BaseModel):
     """A treatment's plan: course defaults and the ordered steps."""
 
@@ -86,7 +94,9 @@ class Protocol(BaseModel):
 
     key: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     name: str
+    region: Literal["body", "face", "scalp"] = "body"  # templates adapt their advice to it
     areas: tuple[str, ...] = ()
+    maintenance: Maintenance | None = None
     sessions: int = Field(ge=1, le=50)
     spacing_days: tuple[int, int]
     steps: tuple[Step, ...] = Field(min_length=1)
@@ -112,13 +122,21 @@ class ProtocolBook:
         self._protocols = dict(sorted(protocols.items()))
 
     @classmethod
-    def load(cls, folder: Path | None = None) -> ProtocolBook:
-        """Read every `*.toml` in `folder` (default: the packaged protocols)."""
-        folder = folder or data_dir("protocols")
+    def load(cls, folder: Path | None = None, clinic_folder: Path | None = None) -> ProtocolBook:
+        """Read every `*.toml` of the packaged protocols (or `folder`), then the clinic's own.
+
+        A clinic file with the same key replaces the packaged protocol; a new key adds one.
+        """
         found: dict[str, Protocol] = {}
-        for path in sorted(folder.glob("*.toml")):
-            protocol = load_protocol(path)
-            found[protocol.key] = protocol
+        for source in (folder or data_dir("protocols"), clinic_folder):
+            if source is None:
+                continue
+            if not source.is_dir():
+                raise UserError("protocols", f"{source} is not a folder; fix "
+                                "messaging.protocols_dir")
+            for path in sorted(source.glob("*.toml")):
+                protocol = load_protocol(path)
+                found[protocol.key] = protocol
         return cls(found)
 
     def __iter__(self) -> Iterator[Protocol]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from babel.dates import format_date, format_time
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, TemplateNotFound
 
 from aftercare.clock import zone
 from aftercare.config import ClinicConfig
@@ -46,15 +46,29 @@ class Renderer:
                  for p in folder.iterdir() if p.is_dir() and not p.name.startswith("_")}
         return tuple(sorted(found))
 
+    def names(self, locale: str, protocol: str, step: str, kind: str) -> list[str]:
+        """Where a template is looked for: the protocol's own wording, then the step's."""
+        return [f"{locale}/{protocol}/{step}.{kind}", f"{locale}/{step}.{kind}"]
+
+    def template(self, locale: str, protocol: str, step: str, kind: str,
+                 html: bool = False) -> Template:
+        """The template for one part of a message; raises TemplatesNotFound if none exists."""
+        env = self._html if html else self._text
+        return env.select_template(self.names(locale, protocol, step, kind))
+
     def render(self, locale: str, step: str, channel: str, context: dict[str, Any]) -> Rendered:
         """Render `step` for `channel`; raises jinja2 errors for broken or missing templates."""
-        base = f"{locale}/{step}"
+        protocol = context["treatment"]["key"]
+
+        def part(kind: str) -> str:
+            return self.template(locale, protocol, step, kind).render(context)
+
         if channel == "sms":
-            return Rendered(text=_tidy(self._text.get_template(f"{base}.sms.txt").render(context)))
-        subject = " ".join(self._text.get_template(f"{base}.subject.txt").render(context).split())
-        text = _tidy(self._text.get_template(f"{base}.email.txt").render(context))
+            return Rendered(text=_tidy(part("sms.txt")))
+        subject = " ".join(part("subject.txt").split())
+        text = _tidy(part("email.txt"))
         try:
-            html = self._html.get_template(f"{base}.email.html").render(context)
+            html = self.template(locale, protocol, step, "email.html", html=True).render(context)
         except TemplateNotFound:
             html = self._html.get_template(f"{locale}/_email.html").render(
                 {**context, "subject": subject, "paragraphs": paragraphs(text), "lang": locale})
@@ -102,7 +116,7 @@ def message_context(
                    "emergency_number": clinic.emergency_number,
                    "booking_url": clinic.booking_url},
         "patient": {"first_name": patient.first_name, "name": patient.name},
-        "treatment": {"key": protocol.key, "name": protocol.name},
+        "treatment": {"key": protocol.key, "name": protocol.name, "region": protocol.region},
         "area": course.area,
         "session": {"number": session.number, **_moment(session.at, tz, locale)},
         "course": {"sessions_planned": course.sessions_planned},
