@@ -63,7 +63,7 @@ def test_preview_shows_every_sms(clinic: Clinic) -> None:
     out = clinic.run("preview", "--treatment", "cellulite", "--channel", "sms").stdout
     for step in ("first_48h", "arnica", "activity", "check_48h", "routine", "next_session"):
         assert f"=== {step} [sms]" in out
-    assert "Lumiere Aesthetics" in out and "characters)" in out
+    assert "Lumiere Aesthetics" in out and "characters, 2 segments, GSM-7" in out
 
 
 def test_demo_plays_every_patients_timeline(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
