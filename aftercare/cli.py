@@ -293,8 +293,10 @@ def protocols(ctx: click.Context, as_json: bool) -> None:
         return
     for item in listed:
         low, high = item["spacing_days"]
-        click.echo(f"{item['key']}: {item['name']} ({', '.join(item['areas']) or item['region']})")
-        click.echo(f"  course: {item['sessions']} sessions, {low}-{high} days apart; "
+        where = ", ".join(item["areas"]) or f"{item['region']} region"
+        click.echo(f"{item['key']}: {item['name']} ({where})")
+        sessions = f"{item['sessions']} session{'s' if item['sessions'] != 1 else ''}"
+        click.echo(f"  course: {sessions}, {low}-{high} days apart; "
                    f"maintenance: {item['maintenance'] or 'not set'}")
         for step in item["steps"]:
             once = "" if step["on_sessions"] == "every" else f", after the {step['on_sessions']} session"

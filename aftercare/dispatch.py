@@ -159,6 +159,8 @@ class Dispatcher:
         session = db.get(Session, message.session_id)
         assert patient is not None and course is not None and session is not None
         reason = _why_not(patient, course, session, message.channel)
+        if reason is None and self._superseded(db, course, session, message.step):
+            reason = "a later session is booked or done"
         if reason is not None:
             if email_instead(db, patient, message, now):
                 reason += "; sent by email instead"
@@ -195,6 +197,19 @@ class Dispatcher:
         # Renew the claim: the lease covers this send, however long the batch took so far.
         message.claimed_at = self.clock()
         return _Prepared(outgoing, message.claimed_at, message.attempts, patient.id or 0)
+
+    def _superseded(self, db: DbSession, course: Course, session: Session, step_key: str) -> bool:
+        """Whether a step that only makes sense as the latest word has been overtaken."""
+        try:
+            step = self.protocols.get(course.treatment).step(step_key)
+        except (UserError, KeyError):
+            return False
+        if not step.skip_if_later_session:
+            return False
+        return db.exec(select(Session.id).where(
+            Session.course_id == course.id, Session.at > session.at,
+            col(Session.status).in_([SessionStatus.BOOKED, SessionStatus.COMPLETED]))
+        ).first() is not None
 
     def _render(self, db: DbSession, message: Message, patient: Patient, course: Course,
                 session: Session) -> Rendered:

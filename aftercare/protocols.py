@@ -44,6 +44,8 @@ class Step(BaseModel):
     valid_for: timedelta
     channels: tuple[Literal["sms", "email"], ...] = CHANNELS
     on_sessions: Literal["every", "first", "last"] = "every"
+    # Not sent once the patient has another session booked or done after this one.
+    skip_if_later_session: bool = False
 
     @field_validator("after", "valid_for", mode="before")
     @classmethod

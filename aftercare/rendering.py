@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from babel.dates import format_date, format_time
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, TemplateNotFound
+from jinja2 import (
+    Environment,
+    FileSystemLoader,
+    PrefixLoader,
+    StrictUndefined,
+    Template,
+    TemplateNotFound,
+)
 
 from aftercare.clock import zone
 from aftercare.config import ClinicConfig
@@ -36,7 +43,10 @@ class Renderer:
 
     def __init__(self, folders: list[Path] | None = None) -> None:
         self.folders = [*(folders or []), data_dir("templates")]
-        loader = FileSystemLoader([str(folder) for folder in self.folders])
+        # One prefix per folder, so a clinic's file wins over every packaged one, even a
+        # packaged per-protocol file over the clinic's per-step file.
+        loader = PrefixLoader({str(i): FileSystemLoader(str(folder))
+                               for i, folder in enumerate(self.folders)})
         self._text = Environment(loader=loader, undefined=StrictUndefined, autoescape=False)
         self._html = Environment(loader=loader, undefined=StrictUndefined, autoescape=True)
 
@@ -47,14 +57,21 @@ class Renderer:
         return tuple(sorted(found))
 
     def names(self, locale: str, protocol: str, step: str, kind: str) -> list[str]:
-        """Where a template is looked for: the protocol's own wording, then the step's."""
-        return [f"{locale}/{protocol}/{step}.{kind}", f"{locale}/{step}.{kind}"]
+        """Where a template is looked for: folder by folder (the clinic's first), the
+        protocol's own wording, then the step's."""
+        return [f"{i}/{locale}/{name}" for i in range(len(self.folders))
+                for name in (f"{protocol}/{step}.{kind}", f"{step}.{kind}")]
 
     def template(self, locale: str, protocol: str, step: str, kind: str,
                  html: bool = False) -> Template:
         """The template for one part of a message; raises TemplatesNotFound if none exists."""
         env = self._html if html else self._text
         return env.select_template(self.names(locale, protocol, step, kind))
+
+    def layout(self, locale: str) -> Template:
+        """The HTML layout every email of `locale` is poured into (autoescaped)."""
+        return self._html.select_template([f"{i}/{locale}/_email.html"
+                                           for i in range(len(self.folders))])
 
     def render(self, locale: str, step: str, channel: str, context: dict[str, Any]) -> Rendered:
         """Render `step` for `channel`; raises jinja2 errors for broken or missing templates."""
@@ -70,7 +87,7 @@ class Renderer:
         try:
             html = self.template(locale, protocol, step, "email.html", html=True).render(context)
         except TemplateNotFound:
-            html = self._html.get_template(f"{locale}/_email.html").render(
+            html = self.layout(locale).render(
                 {**context, "subject": subject, "paragraphs": paragraphs(text), "lang": locale})
         return Rendered(text=text, subject=subject, html=html)
 

@@ -10,11 +10,7 @@ from aftercare.config import load_settings
 from aftercare.preview import preview
 from aftercare.protocols import ProtocolBook
 from aftercare.rendering import Renderer
-
-# GSM 03.38 basic character set (one septet each); anything else costs double or forces UCS-2.
-GSM7 = set("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-           "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
-SMS_LIMIT = {"en": 306}  # two concatenated GSM-7 segments
+from aftercare.segments import budget, measure
 
 RENDERER = Renderer()
 CASES = [(p, locale) for p in ProtocolBook.load() for locale in RENDERER.locales()]
@@ -41,11 +37,12 @@ def test_every_step_renders_and_names_the_clinic(protocol, locale) -> None:  # t
 
 
 @pytest.mark.parametrize(("protocol", "locale"), CASES, ids=[f"{p.key}-{lc}" for p, lc in CASES])
-def test_sms_fit_two_gsm7_segments(protocol, locale) -> None:  # type: ignore[no-untyped-def]
+def test_sms_fit_the_locale_budget(protocol, locale) -> None:  # type: ignore[no-untyped-def]
     for item in _items(protocol, locale, "sms"):
-        text = item.rendered.text
-        assert set(text) <= GSM7, (item.step, set(text) - GSM7)
-        assert len(text) <= SMS_LIMIT[locale], (item.step, len(text))
+        size = measure(item.rendered.text)
+        assert size.segments <= budget(locale), (item.step, size.describe())
+        if locale == "en":
+            assert size.encoding == "GSM-7", (item.step, size.forcing_ucs2)
 
 
 @pytest.mark.parametrize(("protocol", "locale"), CASES, ids=[f"{p.key}-{lc}" for p, lc in CASES])
@@ -56,11 +53,21 @@ def test_48_hour_check_gives_the_emergency_number(protocol, locale) -> None:  # 
         assert "911" in item.rendered.text
 
 
-def test_first_sms_tells_how_to_opt_out() -> None:
-    protocol = ProtocolBook.load().get("cellulite")
-    first = _items(protocol, "en", "sms")[0]
+@pytest.mark.parametrize(("protocol", "locale"), CASES, ids=[f"{p.key}-{lc}" for p, lc in CASES])
+def test_first_sms_tells_how_to_opt_out(protocol, locale) -> None:  # type: ignore[no-untyped-def]
+    first = _items(protocol, locale, "sms")[0]
     assert first.step == protocol.steps[0].key
-    assert "Reply STOP to opt out" in first.rendered.text
+    assert "STOP" in first.rendered.text
+    if locale == "en":
+        assert "Reply STOP to opt out" in first.rendered.text
+
+
+def test_every_protocol_has_the_same_eight_steps() -> None:
+    expected = ["first_48h", "arnica", "activity", "check_48h", "routine", "next_session",
+                "results", "maintenance"]
+    for protocol in ProtocolBook.load():
+        assert [s.key for s in protocol.steps] == expected, protocol.key
+        assert protocol.maintenance is not None, protocol.key
 
 
 def test_html_is_escaped_and_text_is_not() -> None:
@@ -68,7 +75,7 @@ def test_html_is_escaped_and_text_is_not() -> None:
 
     assert paragraphs("Hi <Jane> & co\n\n- one\n- two") == [
         {"kind": "text", "text": "Hi <Jane> & co"}, {"kind": "list", "items": ["one", "two"]}]
-    html = RENDERER._html.get_template("en/_email.html").render(
+    html = RENDERER.layout("en").render(
         subject="S", paragraphs=paragraphs("Hi <Jane> & co"), lang="en",
         clinic={"name": "A&B", "phone": "1", "email": "e", "booking_url": "",
                 "emergency_number": "911"})

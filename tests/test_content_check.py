@@ -128,3 +128,14 @@ def test_bad_content_folders_are_config_errors(clinic: Clinic) -> None:
     result = clinic.run("--config", str(config), "check")
     assert result.exit_code == 2
     assert "messaging.templates_dir: " in result.stderr and "is not a folder" in result.stderr
+
+
+def test_a_clinic_step_template_beats_a_packaged_treatment_template(clinic: Clinic) -> None:
+    # The package words `results` specially for cellulite; the clinic's own wording wins.
+    own = clinic.folder / "own"
+    _write(own, "en/results.sms.txt", "{{ clinic.name }} {{ clinic.phone }}: our own results note."
+           "{% if first_sms %} Reply STOP to opt out.{% endif %}")
+    config = _with_folders(clinic, templates=own)
+    out = clinic.run("--config", str(config), "preview", "--treatment", "cellulite",
+                     "--channel", "sms").stdout
+    assert "Lumiere Aesthetics +1 212 555 0100: our own results note." in out

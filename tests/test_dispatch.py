@@ -348,3 +348,20 @@ def test_setup_problem_keeps_the_attempt_and_waits(enrolled: Clinic) -> None:
                                                      "20003: HTTP 401: account or sender refused")
     assert enrolled.rows("SELECT send_after FROM message WHERE step = 'first_48h' "
                          "AND channel = 'sms'") == [("2026-03-02 16:35:00.000000",)]  # +5 min
+
+
+def test_maintenance_reminder_is_dropped_once_the_patient_rebooks(clinic: Clinic) -> None:
+    clinic.json("patient", "add", "--name", "Ana Diaz", "--phone", "+12125550126", "--ref", "A1")
+    out = clinic.json("--now", "2026-03-02T11:00-05:00", "enroll", "A1", "--treatment",
+                      "hyaluronic-acid", "--session-at", "2026-03-02T10:30")
+    assert "maintenance" in {m["step"] for m in out["messages"]}  # a one-session course
+    maintenance_at = max(utc(m["send_after"]) for m in out["messages"]
+                         if m["step"] == "maintenance")
+    # Before the reminder is due, the patient books the next monthly session.
+    clinic.json("--now", "2026-03-20T11:00-04:00", "enroll", "A1", "--treatment",
+                "hyaluronic-acid", "--session-at", "2026-03-02T10:30",
+                "--next-session-at", "2026-04-06T10:30")
+    counts = clinic.app(console=io.StringIO()).dispatcher().run_once(maintenance_at)
+    assert counts.cancelled == 1
+    assert clinic.rows("SELECT status, last_error FROM message WHERE step = 'maintenance'") == [
+        ("cancelled", "a later session is booked or done")]

@@ -38,7 +38,9 @@ def test_enroll_plans_every_step_on_every_channel(jane: Clinic) -> None:
     out = _enroll(jane, "--area", "thighs", "--next-session-at", "2026-03-21T10:30")
     assert set(out) == {"course_id", "session_id", "messages"}
     protocol = ProtocolBook.load().get("cellulite")
-    expected = {(s.key, c) for s in protocol.steps for c in s.channels}
+    expected = {(s.key, c) for s in protocol.steps for c in s.channels
+                if s.applies_to(1, protocol.sessions)}
+    assert ("maintenance", "sms") not in expected  # only after the last session of the course
     assert {(m["step"], m["channel"]) for m in out["messages"]} == expected
     for message in out["messages"]:
         assert set(message) == {"id", "step", "channel", "send_after", "status"}
