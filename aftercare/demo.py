@@ -39,7 +39,7 @@ SAMPLES = (
                        ref="DEMO-2"),
             time(17, 45), "abdomen", None),
     _Sample(NewPatient("Claire Martin", email="claire@example.com", timezone="Europe/Paris",
-                       ref="DEMO-3"),
+                       locale="fr", ref="DEMO-3"),
             time(15, 0), "buttocks", 10),
 )
 

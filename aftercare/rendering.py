@@ -23,6 +23,7 @@ from aftercare.config import ClinicConfig
 from aftercare.models import Course, Patient, Session
 from aftercare.protocols import Protocol
 from aftercare.resources import data_dir
+from aftercare.segments import to_gsm7
 
 # Babel/CLDR put narrow and plain no-break spaces in times ("10:00\u202fAM"); either one
 # silently turns a whole SMS into UCS-2, halving what fits in a segment.
@@ -81,7 +82,7 @@ class Renderer:
             return self.template(locale, protocol, step, kind).render(context)
 
         if channel == "sms":
-            return Rendered(text=_tidy(part("sms.txt")))
+            return Rendered(text=to_gsm7(_tidy(part("sms.txt"))))
         subject = " ".join(part("subject.txt").split())
         text = _tidy(part("email.txt"))
         try:

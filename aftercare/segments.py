@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 
 # GSM 03.38: the basic table costs one septet a character, the extension table two.
@@ -45,6 +46,28 @@ def measure(text: str) -> SmsSize:
         encoding = "UCS-2"
     segments = 1 if units <= single else math.ceil(units / part)
     return SmsSize(encoding, units, segments, outside)
+
+
+_LIGATURES = {"œ": "oe", "Œ": "OE"}
+
+
+def to_gsm7(text: str) -> str:
+    """`text` with every character that has a GSM-7 equivalent replaced by it.
+
+    Names like "Françoise" or "Jérôme" would otherwise turn a whole SMS into UCS-2 (70
+    characters a segment instead of 160); characters without an equivalent stay.
+    """
+    out = []
+    for char in text:
+        if char in GSM7_BASIC or char in GSM7_EXTENSION:
+            out.append(char)
+        elif char in LOOKALIKES or char in _LIGATURES:
+            out.append(LOOKALIKES.get(char) or _LIGATURES[char])
+        else:
+            bare = "".join(c for c in unicodedata.normalize("NFKD", char)
+                           if not unicodedata.combining(c))
+            out.append(bare if bare and all(c in GSM7_BASIC for c in bare) else char)
+    return "".join(out)
 
 
 def budget(locale: str) -> int:

@@ -142,3 +142,29 @@ def test_preview_into_a_closed_pipe_exits_quietly(clinic: Clinic) -> None:
     proc.stdout.close()
     proc.wait(timeout=30)  # click exits 1 on a broken pipe, quietly
     assert proc.stderr is not None and proc.stderr.read() == b""
+
+
+def test_french_patient_gets_french_gsm7_messages(clinic: Clinic) -> None:
+    from aftercare.segments import measure
+
+    clinic.json("patient", "add", "--name", "Françoise Lefèvre", "--phone", "+33612345678",
+                "--email", "f@example.fr", "--timezone", "Europe/Paris", "--locale", "fr",
+                "--ref", "F1")
+    clinic.json("--now", "2026-03-02T12:00+01:00", "enroll", "F1", "--treatment", "mesobotox",
+                "--session-at", "2026-03-02T11:00+01:00", "--next-session-at",
+                "2026-06-01T11:00+02:00")
+    clinic.json("send-due", "--now", "2026-03-02T12:00+01:00")
+    [(sms,)] = clinic.rows("SELECT body FROM message WHERE channel = 'sms' AND status = 'sent'")
+    [(subject, email)] = clinic.rows("SELECT subject, body FROM message WHERE channel = 'email' "
+                                     "AND status = 'sent'")
+    assert "Francoise" in sms and "ç" not in sms  # ç has a GSM-7 twin; keeps the SMS in GSM-7
+    assert "STOP" in sms and "Lumiere Aesthetics" in sms
+    size = measure(sms)
+    assert size.encoding == "GSM-7" and size.segments <= 3
+    assert "Françoise" in email  # emails keep every character
+    assert subject.startswith("Lumiere Aesthetics : ")
+    assert clinic.app().renderer.locales() == ("en", "fr")
+    clinic.json("send-due", "--now", "2026-05-30T10:00+02:00")
+    [(booked,)] = clinic.rows("SELECT body FROM message WHERE step = 'next_session' "
+                              "AND channel = 'email'")
+    assert "lundi 1 juin" in booked

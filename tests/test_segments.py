@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aftercare.segments import budget, measure, name_of
+from aftercare.segments import budget, measure, name_of, to_gsm7
 
 
 @pytest.mark.parametrize(
@@ -40,3 +40,10 @@ def test_lookalikes_are_named_with_their_fix() -> None:
 
 def test_budgets() -> None:
     assert (budget("en"), budget("fr"), budget("de")) == (2, 3, 2)
+
+
+def test_names_with_accents_outside_gsm7_keep_the_sms_in_gsm7() -> None:
+    text = to_gsm7("Bonjour Françoise, Jérôme et Zoë : rendez-vous en août. C\u2019est noté \u2013 œuvre")
+    assert text == "Bonjour Francoise, Jérome et Zoe : rendez-vous en aout. C'est noté - oeuvre"
+    assert measure(text).encoding == "GSM-7"
+    assert to_gsm7("see you 😀") == "see you 😀"  # no equivalent: stays, and counts as UCS-2
