@@ -38,7 +38,7 @@ class UnavailableChannel:
 
 
 def build_channels(settings: Settings, console: TextIO | None = None) -> dict[str, Channel]:
-    """The configured channels; secrets are read from the environment here and only here."""
+    """The configured channels, with their secrets from the environment (never from files)."""
     channels: dict[str, Channel] = {"sms": ConsoleChannel("sms", console),
                                     "email": ConsoleChannel("email", console)}
     if settings.sms.provider == "twilio":
