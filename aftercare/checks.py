@@ -36,6 +36,14 @@ def setup_problems(app: App, *, live: bool = True) -> list[str]:
     return problems
 
 
+def require_setup(app: App, *, live: bool = True) -> None:
+    """Refuse to send with a broken setup: the first problem on one line, as a UserError."""
+    problems = setup_problems(app, live=live)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError("setup", f"{problems[0]}{more}; run `aftercare check`")
+
+
 def credential_problems() -> list[str]:
     """Twilio credentials as found in the environment (they are never read from files)."""
     problems = []

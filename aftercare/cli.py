@@ -222,13 +222,10 @@ def send_due(ctx: click.Context, now_text: str | None, as_json: bool) -> None:
     app = _app(ctx, json_output=as_json)
     now = (parse_time(now_text, zone(app.settings.clinic.timezone), "now")
            if now_text else app.clock())
-    from aftercare.checks import setup_problems
+    from aftercare.checks import require_setup
 
     # Offline checks only (no provider contacted): a missing secret must not eat attempts.
-    problems = setup_problems(app, live=False)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UserError("setup", f"{problems[0]}{more}; run `aftercare check`")
+    require_setup(app, live=False)
     dispatcher = app.dispatcher()
     # Leases are real time: a --now far ahead must not take over a running daemon's claims.
     dispatcher.recover_stale(system_clock())

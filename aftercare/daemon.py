@@ -12,8 +12,7 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEv
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from aftercare.app import App
-from aftercare.checks import setup_problems
-from aftercare.errors import UserError
+from aftercare.checks import require_setup
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +22,7 @@ RECOVERY_SECONDS = 60
 def run_daemon(app: App, stop: threading.Event | None = None,
                handle_signals: bool = True) -> None:
     """Dispatch every poll interval until `stop` is set (or SIGTERM/SIGINT arrives)."""
-    problems = setup_problems(app)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UserError("setup", f"{problems[0]}{more}; run `aftercare check`")
+    require_setup(app)
     stop = stop or threading.Event()
     dispatcher = app.dispatcher()
     poll = app.settings.daemon.poll_seconds
