@@ -7,6 +7,7 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -22,6 +23,7 @@ from aftercare.config import Settings, config_path, load_settings
 from aftercare.db import make_engine, require_schema
 from aftercare.dispatch import Dispatcher
 from aftercare.errors import SendError
+from aftercare.planning import Planner
 from aftercare.protocols import ProtocolBook
 from aftercare.rendering import Renderer
 
@@ -89,6 +91,11 @@ class App:
         require_schema(self.engine)
         with DbSession(self.engine, expire_on_commit=False) as session:
             yield session
+
+    def planner(self) -> Planner:
+        messaging = self.settings.messaging
+        return Planner(self.protocols, messaging.quiet_hours,
+                       timedelta(days=messaging.maintenance_horizon_days), self.clock)
 
     def dispatcher(self, rng: random.Random | None = None) -> Dispatcher:
         return Dispatcher(self.engine, self.settings, self.protocols, self.renderer,

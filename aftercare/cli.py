@@ -95,7 +95,7 @@ def init(ctx: click.Context) -> None:
 
 @cli.group()
 def patient() -> None:
-    """Add patients."""
+    """Add, show, update, opt out and forget patients."""
 
 
 @patient.command("add")
@@ -136,11 +136,13 @@ def patient_add(ctx: click.Context, as_json: bool, **fields: str | None) -> None
 @click.option("--session-number", type=int, help="Which session of the course this was.")
 @click.option("--sessions-planned", type=int, help="Sessions in the course (default: protocol's).")
 @click.option("--next-session-at", help="The next booked session, if any (ISO 8601).")
+@click.option("--spacing-days", type=int,
+              help="Ideal days between sessions (default: the protocol's shortest spacing).")
 @click.option("--json", "as_json", is_flag=True, help="Print the planned messages as JSON.")
 @click.pass_context
 def enroll(ctx: click.Context, patient_ident: str, treatment: str, session_at: str,
            area: str | None, session_number: int | None, sessions_planned: int | None,
-           next_session_at: str | None, as_json: bool) -> None:
+           next_session_at: str | None, spacing_days: int | None, as_json: bool) -> None:
     """Enroll PATIENT (id or ref) after a session; plans every message of the protocol."""
     from aftercare.enrollment import SessionVisit
     from aftercare.enrollment import enroll as enroll_patient
@@ -148,16 +150,15 @@ def enroll(ctx: click.Context, patient_ident: str, treatment: str, session_at: s
 
     app = _app(ctx)
     clinic_tz = zone(app.settings.clinic.timezone)
-    protocol = app.protocols.get(treatment)
+    app.protocols.get(treatment)
     visit = SessionVisit(
         treatment=treatment, session_at=parse_time(session_at, clinic_tz, "session-at"),
         area=area, session_number=session_number, sessions_planned=sessions_planned,
         next_session_at=(parse_time(next_session_at, clinic_tz, "next-session-at")
-                         if next_session_at else None))
+                         if next_session_at else None), spacing_days=spacing_days)
     with app.db() as db:
         found = find_patient(db, patient_ident)
-        result = enroll_patient(db, found, protocol, visit,
-                                quiet=app.settings.messaging.quiet_hours, clock=app.clock)
+        result = enroll_patient(db, app.planner(), found, visit)
     if as_json:
         keys = ("id", "step", "channel", "send_after", "status")
         _emit({"course_id": result.course.id, "session_id": result.session.id,
@@ -331,6 +332,366 @@ def preview_command(ctx: click.Context, treatment: str, locale: str | None,
             if size.forcing_ucs2:
                 click.echo("UCS-2 because of: " + ", ".join(map(name_of, size.forcing_ucs2)))
         click.echo()
+
+
+@patient.command("show")
+@click.argument("patient_ident", metavar="PATIENT")
+@click.option("--json", "as_json", is_flag=True, help="Print the patient as JSON.")
+@click.pass_context
+def patient_show(ctx: click.Context, patient_ident: str, as_json: bool) -> None:
+    """Show PATIENT's contact data, channels, opt-outs and courses."""
+    from aftercare.patients import find_patient, patient_json
+
+    app = _app(ctx)
+    with app.db() as db:
+        data = patient_json(db, find_patient(db, patient_ident))
+    if as_json:
+        _emit(data)
+        return
+    ref = f", ref {data['ref']}" if data["ref"] else ""
+    click.echo(f"Patient {data['id']}{ref}: {data['name']}")
+    if data["forgotten_at"]:
+        click.echo(f"  forgotten on {data['forgotten_at']}: personal data erased")
+    click.echo(f"  phone {data['phone'] or '-'}, email {data['email'] or '-'}")
+    click.echo(f"  {data['timezone']}, messages in {data['locale']}")
+    for channel in ("sms", "email"):
+        state = ("consented" if channel in data["channels"] else "not consented")
+        if data["opted_out"][channel]:
+            state += f", opted out {data['opted_out'][channel]}"
+        contact = "phone" if channel == "sms" else "email"
+        if data["invalid"][contact]:
+            state += f", {contact} invalid since {data['invalid'][contact]}"
+        click.echo(f"  {channel}: {state}{'' if data['reachable'][channel] else ' (not used)'}")
+    for course in data["courses"]:
+        click.echo(f"  course {course['id']}: {course['treatment']}, {course['status']}")
+
+
+@patient.command("update")
+@click.argument("patient_ident", metavar="PATIENT")
+@click.option("--name", help="Full name.")
+@click.option("--phone", help='Mobile number; "" removes it.')
+@click.option("--email", help='Email address; "" removes it.')
+@click.option("--timezone", help="IANA time zone; unsent messages move with it.")
+@click.option("--locale", help="Message language.")
+@click.option("--channels", help="Consented channels: sms, email or sms,email.")
+@click.option("--ref", help='The clinic\'s own patient reference; "" removes it.')
+@click.option("--json", "as_json", is_flag=True, help="Print the patient as JSON.")
+@click.pass_context
+def patient_update(ctx: click.Context, patient_ident: str, as_json: bool,
+                   **fields: str | None) -> None:
+    """Change PATIENT's details; everything not yet sent follows the change."""
+    from aftercare.patients import PatientChanges, find_patient, patient_json, update_patient
+
+    app = _app(ctx)
+    with app.db() as db:
+        found = find_patient(db, patient_ident)
+        changed, plan = update_patient(db, app.planner(), found, PatientChanges(**fields),
+                                       country=app.settings.clinic.country,
+                                       locales=app.renderer.locales())
+        data = patient_json(db, found)
+    if as_json:
+        _emit(data)
+    elif changed:
+        click.echo(f"Updated patient {found.id}: {', '.join(changed)}. Messages: "
+                   f"{plan.describe()}.")
+    else:
+        click.echo(f"Patient {found.id} unchanged.")
+
+
+@patient.command("opt-out")
+@click.argument("patient_ident", metavar="PATIENT")
+@click.option("--channel", required=True, type=click.Choice(["sms", "email"]))
+@click.pass_context
+def patient_opt_out(ctx: click.Context, patient_ident: str, channel: str) -> None:
+    """Record that PATIENT wants no more messages on a channel; pending ones are cancelled."""
+    _consent(ctx, patient_ident, channel, opted_out=True)
+
+
+@patient.command("opt-in")
+@click.argument("patient_ident", metavar="PATIENT")
+@click.option("--channel", required=True, type=click.Choice(["sms", "email"]))
+@click.pass_context
+def patient_opt_in(ctx: click.Context, patient_ident: str, channel: str) -> None:
+    """Undo an opt-out at PATIENT's request; what is still worth sending is planned again."""
+    _consent(ctx, patient_ident, channel, opted_out=False)
+
+
+def _consent(ctx: click.Context, patient_ident: str, channel: str, *, opted_out: bool) -> None:
+    from aftercare.patients import find_patient, set_opt_out
+
+    app = _app(ctx)
+    with app.db() as db:
+        found = find_patient(db, patient_ident)
+        plan = set_opt_out(db, app.planner(), found, channel, opted_out)
+    what = "opted out of" if opted_out else "opted back in to"
+    click.echo(f"Patient {found.id} {what} {channel}. Messages: {plan.describe()}.")
+
+
+@patient.command("forget")
+@click.argument("patient_ident", metavar="PATIENT")
+@click.pass_context
+def patient_forget(ctx: click.Context, patient_ident: str) -> None:
+    """Erase PATIENT's personal data (privacy request); keeps only anonymous counts."""
+    from aftercare.patients import find_patient
+    from aftercare.privacy import forget
+
+    app = _app(ctx)
+    with app.db() as db:
+        found = find_patient(db, patient_ident)
+        plan = forget(db, app.planner(), found)
+    click.echo(f"Patient {found.id} forgotten: name, contact data and message texts erased; "
+               f"{len(plan.cancelled)} pending message(s) cancelled.")
+
+
+@cli.group("session")
+def session_group() -> None:
+    """Book, reschedule, cancel and complete sessions."""
+
+
+def _session_out(ctx: click.Context, booking: Any, verb: str, as_json: bool) -> None:
+    from aftercare.bookings import session_json
+
+    if as_json:
+        _emit(session_json(booking.session))
+        return
+    app = _app(ctx)
+    with app.db() as db:
+        owner = db.get(Patient, booking.course.patient_id)
+    tz = zone(owner.timezone) if owner else zone(app.settings.clinic.timezone)
+    local = booking.session.at.astimezone(tz)
+    click.echo(f"{verb} session {booking.session.id} (session {booking.session.number} of "
+               f"{booking.course.treatment} course {booking.course.id}) at "
+               f"{local:%a %Y-%m-%d %H:%M} {local.tzname()}. Messages: "
+               f"{booking.changes.describe()}.")
+
+
+def _at(ctx: click.Context, text: str) -> Any:
+    return parse_time(text, zone(_app(ctx).settings.clinic.timezone), "at")
+
+
+@session_group.command("book")
+@click.argument("patient_ident", metavar="PATIENT")
+@click.option("--at", "at_text", required=True, help="When (ISO 8601; clinic time if no offset).")
+@click.option("--course", "course_id", type=int, help="Which course (default: the patient's only one).")
+@click.option("--treatment", help="Start or continue a course of this treatment.")
+@click.option("--json", "as_json", is_flag=True, help="Print the session as JSON.")
+@click.pass_context
+def session_book(ctx: click.Context, patient_ident: str, at_text: str, course_id: int | None,
+                 treatment: str | None, as_json: bool) -> None:
+    """Book a session for PATIENT: plans its reminders, cancels pending rebooking nudges."""
+    from aftercare.bookings import book
+    from aftercare.patients import find_patient
+
+    app = _app(ctx, json_output=as_json)
+    at = _at(ctx, at_text)
+    with app.db() as db:
+        booking = book(db, app.planner(), find_patient(db, patient_ident), at,
+                       course_id=course_id, treatment=treatment)
+    _session_out(ctx, booking, "Booked", as_json)
+
+
+@session_group.command("reschedule")
+@click.argument("session_id", metavar="SESSION", type=int)
+@click.option("--at", "at_text", required=True, help="The new time (ISO 8601).")
+@click.option("--json", "as_json", is_flag=True, help="Print the session as JSON.")
+@click.pass_context
+def session_reschedule(ctx: click.Context, session_id: int, at_text: str,
+                       as_json: bool) -> None:
+    """Move a booked SESSION; its pending reminders move with it."""
+    from aftercare.bookings import find_session, reschedule
+
+    app = _app(ctx, json_output=as_json)
+    at = _at(ctx, at_text)
+    with app.db() as db:
+        booking = reschedule(db, app.planner(), find_session(db, session_id), at)
+    _session_out(ctx, booking, "Moved", as_json)
+
+
+@session_group.command("cancel")
+@click.argument("session_id", metavar="SESSION", type=int)
+@click.option("--reason", help="Why (kept in the patient's history).")
+@click.option("--json", "as_json", is_flag=True, help="Print the session as JSON.")
+@click.pass_context
+def session_cancel(ctx: click.Context, session_id: int, reason: str | None,
+                   as_json: bool) -> None:
+    """Cancel a booked SESSION; with none other booked, a rebooking nudge is planned."""
+    from aftercare.bookings import cancel, find_session
+
+    app = _app(ctx, json_output=as_json)
+    with app.db() as db:
+        booking = cancel(db, app.planner(), find_session(db, session_id), reason)
+    _session_out(ctx, booking, "Cancelled", as_json)
+
+
+@session_group.command("no-show")
+@click.argument("session_id", metavar="SESSION", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the session as JSON.")
+@click.pass_context
+def session_no_show(ctx: click.Context, session_id: int, as_json: bool) -> None:
+    """Record that the patient missed a booked SESSION; plans a rebooking nudge."""
+    from aftercare.bookings import cancel, find_session
+
+    app = _app(ctx, json_output=as_json)
+    with app.db() as db:
+        booking = cancel(db, app.planner(), find_session(db, session_id), no_show=True)
+    _session_out(ctx, booking, "Marked missed:", as_json)
+
+
+@session_group.command("complete")
+@click.argument("session_id", metavar="SESSION", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the session as JSON.")
+@click.pass_context
+def session_complete(ctx: click.Context, session_id: int, as_json: bool) -> None:
+    """The booked SESSION took place: plan its aftercare (same as `enroll`)."""
+    from aftercare.bookings import complete, find_session
+
+    app = _app(ctx, json_output=as_json)
+    with app.db() as db:
+        booking = complete(db, app.planner(), find_session(db, session_id))
+    _session_out(ctx, booking, "Completed", as_json)
+
+
+@cli.group("course")
+def course_group() -> None:
+    """Show and withdraw courses."""
+
+
+@course_group.command("show")
+@click.argument("course_id", metavar="COURSE", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the course as JSON.")
+@click.pass_context
+def course_show(ctx: click.Context, course_id: int, as_json: bool) -> None:
+    """Show a course and its sessions."""
+    from aftercare.bookings import find_course
+    from aftercare.courses import course_json
+
+    app = _app(ctx)
+    with app.db() as db:
+        course = find_course(db, course_id)
+        data = course_json(db, course)
+        owner = db.get(Patient, course.patient_id)
+    if as_json:
+        _emit(data)
+        return
+    tz = zone(owner.timezone) if owner else zone(app.settings.clinic.timezone)
+    click.echo(f"Course {course.id}: {course.treatment} for patient {course.patient_id}, "
+               f"{course.status}; {course.sessions_planned} session(s) planned, "
+               f"{course.spacing_days} days apart")
+    for s in data["sessions"]:  # type: ignore[attr-defined]
+        local = parse_time(s["at"], tz, "at").astimezone(tz)
+        click.echo(f"  session {s['id']:>4}  #{s['number']:<3} {local:%a %Y-%m-%d %H:%M} "
+                   f"{local.tzname():<5} {s['status']}")
+
+
+@course_group.command("withdraw")
+@click.argument("course_id", metavar="COURSE", type=int)
+@click.option("--reason", help="Why (kept in the patient's history).")
+@click.option("--json", "as_json", is_flag=True, help="Print the course as JSON.")
+@click.pass_context
+def course_withdraw(ctx: click.Context, course_id: int, reason: str | None,
+                    as_json: bool) -> None:
+    """Stop a course: booked sessions cancelled, nothing pending for it is sent."""
+    from aftercare.bookings import find_course
+    from aftercare.courses import course_json, withdraw
+
+    app = _app(ctx)
+    with app.db() as db:
+        course = find_course(db, course_id)
+        plan = withdraw(db, app.planner(), course, reason)
+        data = course_json(db, course)
+    if as_json:
+        _emit(data)
+    else:
+        click.echo(f"Withdrew course {course_id}. Messages: {plan.describe()}.")
+
+
+@cli.command("timeline")
+@click.argument("patient_ident", metavar="PATIENT")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+@click.pass_context
+def timeline_command(ctx: click.Context, patient_ident: str, as_json: bool) -> None:
+    """PATIENT's sessions and messages, past and future, in the patient's local time."""
+    from aftercare.patients import find_patient
+    from aftercare.timeline import timeline
+
+    app = _app(ctx)
+    now = app.clock()
+    with app.db() as db:
+        found = find_patient(db, patient_ident)
+        courses, entries = timeline(db, found)
+    if as_json:
+        _emit({"patient_id": found.id, "courses": [
+            {"id": c.id, "treatment": c.treatment, "status": c.status,
+             "sessions_planned": c.sessions_planned, "spacing_days": c.spacing_days}
+            for c in courses], "entries": [e.as_json() for e in entries]})
+        return
+    tz = zone(found.timezone)
+    click.echo(f"Patient {found.id}: {found.name} ({found.timezone}, "
+               f"{found.channels.replace(',', '+')})")
+    for c in courses:
+        click.echo(f"  course {c.id}: {c.treatment}, {c.status}, {c.sessions_planned} "
+                   f"session(s) {c.spacing_days} days apart")
+    if not entries:
+        click.echo("No sessions or messages.")
+    marked = False
+    for entry in entries:
+        if not marked and entry.at > now:
+            click.echo(f"---------- now: {now.astimezone(tz):%a %Y-%m-%d %H:%M} ----------")
+            marked = True
+        local = entry.at.astimezone(tz)
+        when = f"{local:%a %Y-%m-%d %H:%M} {local.tzname() or '':<5}"
+        if entry.kind == "session":
+            click.echo(f"{when} * {entry.label:<24} {entry.status.replace('_', '-')}"
+                       f"  [course {entry.course_id}, session id {entry.session_id}]")
+            continue
+        states = set(entry.statuses.values())
+        if len(states) == 1:
+            outcome = f"{'+'.join(entry.statuses)} {states.pop()}"
+        else:
+            outcome = ", ".join(f"{c} {s}" for c, s in entry.statuses.items())
+        notes = f"  ({'; '.join(dict.fromkeys(entry.notes))})" if entry.notes else ""
+        click.echo(f"{when}     {entry.label:<22} {outcome}{notes}")
+    if not marked:
+        click.echo(f"---------- now: {now.astimezone(tz):%a %Y-%m-%d %H:%M} ----------")
+
+
+@cli.command("import")
+@click.argument("path", metavar="FILE.csv")
+@click.option("--skip-invalid", is_flag=True,
+              help="Import the good rows and list the bad ones (default: all or nothing).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def import_command(ctx: click.Context, path: str, skip_invalid: bool, as_json: bool) -> None:
+    """Enroll a day's completed sessions from the clinic's system (CSV, one row per session)."""
+    from pathlib import Path
+
+    from aftercare.csv_import import import_csv
+
+    app = _app(ctx, json_output=as_json)
+    bar: Any = None
+
+    def on_row(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label="Importing", file=sys.stderr)
+            bar.__enter__()
+        bar.update(1)
+
+    try:
+        report = import_csv(app, Path(path), skip_invalid=skip_invalid, on_row=on_row)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    for problem in report.problems:
+        click.echo(f"{'skipped' if skip_invalid else 'error'}: {problem}", err=True)
+    if report.problems and not skip_invalid:
+        click.echo(f"error: {len(report.problems)} bad row(s); nothing imported. Fix them, or "
+                   "use --skip-invalid to import the good rows.", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    if as_json:
+        _emit(report.as_json())
+    else:
+        click.echo(report.summary())
 
 
 @cli.command()

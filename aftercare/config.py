@@ -57,6 +57,8 @@ class MessagingConfig(_Section):
     # The clinic's own folders: a file there with a packaged file's name replaces it.
     templates_dir: str = ""
     protocols_dir: str = ""
+    # How far after a course's last session maintenance reminders are planned.
+    maintenance_horizon_days: int = Field(default=365, ge=0, le=1830)
 
     @field_validator("templates_dir", "protocols_dir")
     @classmethod

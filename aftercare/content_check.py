@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from jinja2 import TemplateError, TemplateNotFound, TemplateSyntaxError
 
 from aftercare.config import Settings
-from aftercare.preview import sample_context
-from aftercare.protocols import ProtocolBook
+from aftercare.preview import sample_contexts
+from aftercare.protocols import Protocol, ProtocolBook
 from aftercare.rendering import Renderer
 from aftercare.segments import budget, measure, name_of
 
@@ -47,31 +47,27 @@ def _exists(renderer: Renderer, locale: str, protocol: str, step: str, kind: str
     return True
 
 
-def _render_problems(settings: Settings, renderer: Renderer, protocol, locale: str,  # type: ignore[no-untyped-def]
+def _render_problems(settings: Settings, renderer: Renderer, protocol: Protocol, locale: str,
                      step: str, channel: str, today: datetime) -> list[str]:
     problems = []
-    for first_sms in (True, False):
-        for booked in (True, False):
-            context = sample_context(settings, protocol, locale, today=today,
-                                     first_sms=first_sms, booked=booked)
-            if step == "next_session" and not booked:
-                continue  # a next-session reminder always has its session
-            try:
-                rendered = renderer.render(locale, step, channel, context)
-            except TemplateError as exc:
-                return [f"templates: {_where(exc)}: {exc.message or exc} (protocol "
-                        f"{protocol.key}, {channel})"]
-            if channel != "sms":
-                continue
-            size = measure(rendered.text)
-            name = renderer.template(locale, protocol.key, step, "sms.txt").filename
-            if size.forcing_ucs2 and locale == "en":
-                problems.append(f"templates: {name}: {', '.join(map(name_of, size.forcing_ucs2))} "
-                                "force UCS-2 (70 characters a segment)")
-            if size.segments > budget(locale):
-                problems.append(f"templates: {name}: {size.describe()} for protocol "
-                                f"{protocol.key}; the {locale} budget is {budget(locale)} "
-                                "segments")
+    for context in sample_contexts(settings, protocol, protocol.step(step), locale,
+                                   today=today):
+        try:
+            rendered = renderer.render(locale, step, channel, context)
+        except TemplateError as exc:
+            return [f"templates: {_where(exc)}: {exc.message or exc} (protocol "
+                    f"{protocol.key}, {channel})"]
+        if channel != "sms":
+            continue
+        size = measure(rendered.text)
+        name = renderer.template(locale, protocol.key, step, "sms.txt").filename
+        if size.forcing_ucs2 and locale == "en":
+            problems.append(f"templates: {name}: {', '.join(map(name_of, size.forcing_ucs2))} "
+                            "force UCS-2 (70 characters a segment)")
+        if size.segments > budget(locale):
+            problems.append(f"templates: {name}: {size.describe()} for protocol "
+                            f"{protocol.key}; the {locale} budget is {budget(locale)} "
+                            "segments")
     return list(dict.fromkeys(problems))
 
 

@@ -105,9 +105,8 @@ def _enroll(app: App, sample: _Sample, at: datetime, out: TextIO) -> None:
                               default_locale=settings.messaging.default_locale,
                               locales=app.renderer.locales(), clock=app.clock)
         next_at = at + timedelta(days=sample.next_in_days) if sample.next_in_days else None
-        result = enroll(db, patient, app.protocols.get("cellulite"),
-                        SessionVisit("cellulite", at, area=sample.area, next_session_at=next_at),
-                        quiet=settings.messaging.quiet_hours, clock=app.clock)
+        result = enroll(db, app.planner(), patient,
+                        SessionVisit("cellulite", at, area=sample.area, next_session_at=next_at))
     local = at.astimezone(zone(patient.timezone))
     booked = f"; next session booked {next_at:%d %b}" if next_at else "; no next session booked"
     out.write("=" * 72 + f"\n{local:%a %d %b %H:%M} {local.tzname()}  {patient.name} "

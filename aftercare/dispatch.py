@@ -215,15 +215,15 @@ class Dispatcher:
                 session: Session) -> Rendered:
         protocol = self.protocols.get(course.treatment)
         step = protocol.step(message.step)
+        done = db.exec(select(Session)
+                       .where(Session.course_id == course.id, Session.at <= session.at,
+                              Session.status == SessionStatus.COMPLETED)
+                       .order_by(col(Session.at).desc())).first()
+        next_session: Session | None = None
         if step.anchor == "next_session":
             # A reminder of a booked session speaks of it and of the last session done.
-            next_session: Session | None = session
-            done = db.exec(select(Session)
-                           .where(Session.course_id == course.id, Session.at < session.at,
-                                  Session.status == SessionStatus.COMPLETED)
-                           .order_by(col(Session.at).desc())).first()
-            session = done or session
-        else:
+            next_session, session = session, done or session
+        elif step.anchor == "session":
             next_session = db.exec(select(Session)
                                    .where(Session.course_id == course.id, Session.at > session.at,
                                           Session.status == SessionStatus.BOOKED)
@@ -233,7 +233,8 @@ class Dispatcher:
                                      Message.status == MessageStatus.SENT).limit(1)
         ).first() is None
         context = message_context(self.settings.clinic, patient, protocol, course, session,
-                                  next_session, first_sms=first_sms)
+                                  next_session, first_sms=first_sms, first_visit=done is None,
+                                  occurrence=message.occurrence)
         return self.renderer.render(patient.locale, message.step, message.channel, context)
 
     def _record_sent(self, prepared: _Prepared, provider_id: str, now: datetime) -> str:
@@ -246,8 +247,8 @@ class Dispatcher:
                                     col(Message.status) == MessageStatus.SENDING,
                                     col(Message.claimed_at) == prepared.claimed_at)
                              .values(status=MessageStatus.SENT, sent_at=now,
-                                     provider_id=provider_id, body=out.text,
-                                     subject=out.subject, last_error=None, updated_at=now))
+                                     provider_id=provider_id, last_error=None,
+                                     updated_at=now))
             db.commit()
         if result.rowcount != 1:
             log.warning("message %s was sent but its claim had been taken over", out.message_id)
@@ -370,4 +371,6 @@ def _why_not(patient: Patient, course: Course, session: Session, channel: str) -
         return "course withdrawn"
     if session.status == SessionStatus.CANCELLED:
         return "session cancelled"
+    if session.status == SessionStatus.NO_SHOW:
+        return "session missed"
     return patient.unreachable_reason(channel)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from sqlmodel import Session as DbSession
-from sqlmodel import col, func, select
+from sqlmodel import col, select
 
-from aftercare.clock import Clock, zone
 from aftercare.errors import UserError
+from aftercare.history import record
 from aftercare.models import (
+    LIVE_SESSIONS,
     Course,
     CourseStatus,
     Message,
@@ -20,8 +20,8 @@ from aftercare.models import (
     Session,
     SessionStatus,
 )
-from aftercare.protocols import Protocol, Step
-from aftercare.quiet_hours import QuietHours
+from aftercare.planning import PlanChanges, Planner, replan
+from aftercare.protocols import Protocol
 
 # A session "in the future" by less than this is clock skew between the clinic's systems.
 FUTURE_TOLERANCE = timedelta(minutes=15)
@@ -37,6 +37,7 @@ class SessionVisit:
     session_number: int | None = None
     sessions_planned: int | None = None
     next_session_at: datetime | None = None
+    spacing_days: int | None = None
 
 
 @dataclass
@@ -47,45 +48,36 @@ class Enrollment:
     session: Session
     next_session: Session | None
     messages: list[Message] = field(default_factory=list)
-    created: int = 0
+    changes: PlanChanges = field(default_factory=PlanChanges)
+
+    @property
+    def created(self) -> int:
+        return len(self.changes.created)
 
 
-def enroll(
-    db: DbSession,
-    patient: Patient,
-    protocol: Protocol,
-    visit: SessionVisit,
-    *,
-    quiet: QuietHours,
-    clock: Clock,
-) -> Enrollment:
-    """Record the session and plan its messages; enrolling the same session again plans nothing."""
-    now = clock()
+def enroll(db: DbSession, planner: Planner, patient: Patient, visit: SessionVisit,
+           *, course: Course | None = None) -> Enrollment:
+    """Record a completed session (and the next one booked) and plan what follows.
+
+    Enrolling the same session again changes nothing. `course` pins the course (a booked
+    session being completed); otherwise the patient's open course of the treatment is used.
+    """
+    now = planner.clock()
+    protocol = planner.protocols.get(visit.treatment)
     _check_visit(visit, now)
-    course = _course_for(db, patient, protocol, visit, now)
+    if course is None:
+        course = _course_for(db, patient, protocol, visit, now)
     session = _completed_session(db, course, visit, now)
     next_session = _booked_session(db, course, session, visit.next_session_at, now)
-    result = Enrollment(course=course, session=session, next_session=next_session)
-    tz = zone(patient.timezone)
+    renumber(db, course)
+    changes = replan(db, planner, course, f"session {session.number} completed")
     anchors = [s.id for s in (session, next_session) if s is not None]
-    planned = {(m.session_id, m.step, m.channel): m for m in db.exec(
-        select(Message).where(col(Message.session_id).in_(anchors)))}
-    for step in protocol.steps:
-        anchor = session if step.anchor == "session" else next_session
-        if anchor is None or not step.applies_to(session.number, course.sessions_planned):
-            continue
-        for channel in step.channels:
-            if patient.unreachable_reason(channel) is not None:
-                continue
-            message = planned.get((anchor.id, step.key, channel))
-            if message is None:
-                message = _plan(db, patient, course, anchor, step, channel, tz, quiet, now)
-                if message is None:
-                    continue
-                result.created += 1
-            result.messages.append(message)
+    messages = list(db.exec(select(Message).where(
+        col(Message.session_id).in_(anchors), Message.status != MessageStatus.CANCELLED)
+        .order_by(col(Message.send_after), col(Message.id))).all())
     db.commit()
-    return result
+    return Enrollment(course=course, session=session, next_session=next_session,
+                      messages=messages, changes=changes)
 
 
 def _check_visit(visit: SessionVisit, now: datetime) -> None:
@@ -98,48 +90,73 @@ def _check_visit(visit: SessionVisit, now: datetime) -> None:
         raise UserError("sessions-planned", "must be 1 or more")
     if visit.session_number is not None and visit.session_number < 1:
         raise UserError("session-number", "must be 1 or more")
+    if visit.spacing_days is not None and not 1 <= visit.spacing_days <= 365:
+        raise UserError("spacing-days", "must be between 1 and 365")
+
+
+def open_course(db: DbSession, patient: Patient, treatment: str) -> Course | None:
+    """The patient's latest course of `treatment` that was not withdrawn, if any."""
+    return db.exec(
+        select(Course)
+        .where(Course.patient_id == patient.id, Course.treatment == treatment,
+               Course.status != CourseStatus.WITHDRAWN)
+        .order_by(col(Course.id).desc())
+    ).first()
+
+
+def new_course(db: DbSession, patient: Patient, protocol: Protocol, now: datetime, *,
+               area: str | None = None, sessions_planned: int | None = None,
+               spacing_days: int | None = None) -> Course:
+    """Start a course with the protocol's defaults unless staff gave their own."""
+    course = Course(patient_id=patient.id, treatment=protocol.key, area=area or "",
+                    sessions_planned=sessions_planned or protocol.sessions,
+                    spacing_days=spacing_days or protocol.spacing_days[0], created_at=now)
+    db.add(course)
+    db.flush()
+    record(db, now, "course.started", patient.id, f"{protocol.key}, "
+           f"{course.sessions_planned} session(s) {course.spacing_days} days apart",
+           course_id=course.id)
+    return course
 
 
 def _course_for(
     db: DbSession, patient: Patient, protocol: Protocol, visit: SessionVisit, now: datetime
 ) -> Course:
-    course = db.exec(
-        select(Course)
-        .where(Course.patient_id == patient.id, Course.treatment == protocol.key,
-               Course.status == CourseStatus.ACTIVE)
-        .order_by(col(Course.id).desc())
-    ).first()
+    course = open_course(db, patient, protocol.key)
     if course is None:
-        course = Course(patient_id=patient.id, treatment=protocol.key, area=visit.area or "",
-                        sessions_planned=visit.sessions_planned or protocol.sessions,
-                        created_at=now)
-    else:
-        if visit.sessions_planned is not None:
-            course.sessions_planned = visit.sessions_planned
-        if visit.area:
-            course.area = visit.area
+        return new_course(db, patient, protocol, now, area=visit.area,
+                          sessions_planned=visit.sessions_planned,
+                          spacing_days=visit.spacing_days)
+    if visit.sessions_planned is not None:
+        course.sessions_planned = visit.sessions_planned
+    if visit.spacing_days is not None:
+        course.spacing_days = visit.spacing_days
+    if visit.area:
+        course.area = visit.area
     db.add(course)
     db.flush()
     return course
 
 
 def _completed_session(db: DbSession, course: Course, visit: SessionVisit, now: datetime) -> Session:
-    session = _session_at(db, course, visit.session_at)
+    session = session_at(db, course, visit.session_at)
     if session is not None and session.status == SessionStatus.CANCELLED:
         raise UserError("session-at", f"session {session.id} at that time was cancelled; "
                         "enroll with the time the patient actually came")
     if session is None:
-        done = db.exec(
-            select(func.count()).select_from(Session).where(
-                Session.course_id == course.id, Session.status == SessionStatus.COMPLETED)
-        ).one()
-        session = Session(course_id=course.id, number=done + 1, at=visit.session_at,
-                          created_at=now)
+        before = db.exec(select(Session).where(
+            Session.course_id == course.id, Session.at < visit.session_at,
+            col(Session.status).in_(LIVE_SESSIONS)).order_by(col(Session.at).desc())).first()
+        session = Session(course_id=course.id, number=before.number + 1 if before else 1,
+                          at=visit.session_at, created_at=now)
     if visit.session_number is not None:
         session.number = visit.session_number
-    session.status = SessionStatus.COMPLETED
-    db.add(session)
-    db.flush()
+    if session.status != SessionStatus.COMPLETED:
+        session.status = SessionStatus.COMPLETED
+        db.add(session)
+        db.flush()
+        record(db, now, "session.completed", course.patient_id, f"session {session.number}",
+               course_id=course.id, session_id=session.id)
     return session
 
 
@@ -148,46 +165,53 @@ def _booked_session(
 ) -> Session | None:
     if at is None:
         return None
-    session = _session_at(db, course, at)
-    if session is None:
-        session = Session(course_id=course.id, number=done.number + 1, at=at,
-                          status=SessionStatus.BOOKED, created_at=now)
+    session = session_at(db, course, at)
+    if session is not None and session.status != SessionStatus.COMPLETED:
+        if session.status != SessionStatus.BOOKED:
+            session.status = SessionStatus.BOOKED
+            record(db, now, "session.booked", course.patient_id, "booked again",
+                   course_id=course.id, session_id=session.id)
         db.add(session)
         db.flush()
+        return session
+    if session is not None:
+        return session
+    # The clinic's system says the next visit is at `at`: an earlier booking after this
+    # session is that visit, moved.
+    moved = db.exec(select(Session).where(
+        Session.course_id == course.id, Session.at > done.at,
+        Session.status == SessionStatus.BOOKED).order_by(col(Session.at))).first()
+    if moved is not None:
+        record(db, now, "session.rescheduled", course.patient_id,
+               f"{moved.at.isoformat()} -> {at.isoformat()} (enrollment)",
+               course_id=course.id, session_id=moved.id)
+        moved.at = at
+        db.add(moved)
+        db.flush()
+        return moved
+    session = Session(course_id=course.id, number=done.number + 1, at=at,
+                      status=SessionStatus.BOOKED, created_at=now)
+    db.add(session)
+    db.flush()
+    record(db, now, "session.booked", course.patient_id, "at enrollment", course_id=course.id,
+           session_id=session.id)
     return session
 
 
-def _session_at(db: DbSession, course: Course, at: datetime) -> Session | None:
+def session_at(db: DbSession, course: Course, at: datetime) -> Session | None:
+    """The course's session at exactly `at`, whatever its status."""
     return db.exec(select(Session).where(Session.course_id == course.id,
                                          Session.at == at)).first()
 
 
-def _plan(
-    db: DbSession,
-    patient: Patient,
-    course: Course,
-    anchor: Session,
-    step: Step,
-    channel: str,
-    tz: ZoneInfo,
-    quiet: QuietHours,
-    now: datetime,
-) -> Message | None:
-    """A new message for (anchor, step, channel), or None when it is too late to be worth it."""
-    planned = quiet.next_allowed(step.planned_at(anchor.at, tz), tz)
-    if planned + step.valid_for <= now:
-        return None  # enrolled too late for this step to be worth sending
-    # A late enrollment sends what is still relevant now, with a full window from now.
-    send_after = quiet.next_allowed(max(planned, now), tz)
-    expires_at = send_after + step.valid_for
-    if step.anchor == "next_session":
-        # A reminder of a session is worthless once the session has begun.
-        expires_at = min(expires_at, anchor.at)
-    if expires_at <= send_after:
-        return None
-    message = Message(patient_id=patient.id, course_id=course.id, session_id=anchor.id,
-                      step=step.key, channel=channel, status=MessageStatus.PENDING,
-                      send_after=send_after, expires_at=expires_at, created_at=now,
-                      updated_at=now)
-    db.add(message)
-    return message
+def renumber(db: DbSession, course: Course) -> None:
+    """Booked sessions take the numbers after the visits before them; done ones keep theirs."""
+    previous = 0
+    for session in db.exec(select(Session).where(
+            Session.course_id == course.id, col(Session.status).in_(LIVE_SESSIONS))
+            .order_by(col(Session.at))).all():
+        if session.status == SessionStatus.BOOKED and session.number != previous + 1:
+            session.number = previous + 1
+            db.add(session)
+        previous = session.number
+    db.flush()

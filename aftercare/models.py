@@ -47,11 +47,16 @@ class SessionStatus(StrEnum):
     BOOKED = "booked"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
+    NO_SHOW = "no_show"
+
+
+# Sessions that happen or will happen; cancelled and missed ones plan nothing.
+LIVE_SESSIONS = (SessionStatus.BOOKED, SessionStatus.COMPLETED)
 
 
 class CourseStatus(StrEnum):
-    ACTIVE = "active"
-    COMPLETED = "completed"
+    ACTIVE = "active"  # sessions of the course still to come
+    COMPLETED = "completed"  # every planned session done: maintenance follows
     WITHDRAWN = "withdrawn"
 
 
@@ -68,6 +73,8 @@ class Patient(SQLModel, table=True):
     email_opted_out_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
     phone_invalid_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
     email_invalid_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    # Set by `patient forget`: personal data erased, the row kept for anonymous counts.
+    forgotten_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
     created_at: datetime = Field(sa_column=_utc())
 
     @property
@@ -80,6 +87,8 @@ class Patient(SQLModel, table=True):
 
     def unreachable_reason(self, channel: str) -> str | None:
         """Why this patient must not get a message on `channel` now, or None."""
+        if self.forgotten_at:
+            return "patient forgotten"
         if channel not in self.channel_list:
             return f"patient has not consented to {channel}"
         if channel == "sms":
@@ -105,6 +114,7 @@ class Course(SQLModel, table=True):
     treatment: str = Field(max_length=64)
     area: str = Field(default="", max_length=100)
     sessions_planned: int
+    spacing_days: int = Field(default=7)  # the ideal interval between sessions: nudges time on it
     status: str = Field(default=CourseStatus.ACTIVE, max_length=16)
     created_at: datetime = Field(sa_column=_utc())
 
@@ -126,8 +136,10 @@ class Message(SQLModel, table=True):
     """One planned send on one channel; its status is its place in the queue."""
 
     __table_args__ = (
-        # Enrolling the same session twice plans nothing new.
-        UniqueConstraint("session_id", "step", "channel", name="uq_message_session_step_channel"),
+        # Planning the same session twice plans nothing new; `occurrence` numbers the
+        # reminders of a series (maintenance) that share one session and step.
+        UniqueConstraint("session_id", "step", "occurrence", "channel",
+                         name="uq_message_session_step_occurrence_channel"),
         # The dispatcher's only hot query: due pending rows, oldest first.
         Index("ix_message_status_send_after", "status", "send_after"),
     )
@@ -137,8 +149,12 @@ class Message(SQLModel, table=True):
     course_id: int = Field(foreign_key="course.id", index=True)
     session_id: int = Field(foreign_key="session.id")
     step: str = Field(max_length=64)
+    occurrence: int = 0
     channel: str = Field(max_length=16)
     status: str = Field(default=MessageStatus.PENDING, max_length=16)
+    # When the plan puts it (from its session and step); send_after may move later for
+    # quiet hours or retries, and the plan moves both when the session is rescheduled.
+    planned_at: datetime = Field(sa_column=_utc())
     send_after: datetime = Field(sa_column=_utc())
     expires_at: datetime = Field(sa_column=_utc())
     attempts: int = 0
@@ -150,3 +166,17 @@ class Message(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(sa_column=_utc())
     updated_at: datetime = Field(sa_column=_utc())
+
+
+class Event(SQLModel, table=True):
+    """One change to a patient's plan and why: the audit trail staff read in `timeline`."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_column=_utc())
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    course_id: int | None = Field(default=None, foreign_key="course.id")
+    session_id: int | None = Field(default=None, foreign_key="session.id")
+    message_id: int | None = Field(default=None, foreign_key="message.id")
+    kind: str = Field(max_length=40)  # e.g. session.booked, message.cancelled
+    # Never contact data or message text; staff's free-text reasons are erased on forget.
+    detail: str = Field(default="", max_length=500)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from sqlmodel import Session as DbSession
-from sqlmodel import select
+from sqlmodel import col, select
 
 from aftercare.clock import Clock, zone
 from aftercare.errors import UserError
-from aftercare.models import Patient
+from aftercare.history import record
+from aftercare.models import Course, Patient
+from aftercare.planning import PlanChanges, Planner, replan_patient
 from aftercare.protocols import CHANNELS
 
 
@@ -79,29 +83,137 @@ def add_patient(
     clock: Clock,
 ) -> Patient:
     """Validate and store a patient; nothing is written if any field is wrong."""
-    name = new.name.strip()
-    if not name:
-        raise UserError("name", "must not be empty")
+    name = _name(new.name)
     phone = normalize_phone(new.phone, country) if new.phone else None
     email = normalize_email(new.email) if new.email else None
     timezone = new.timezone or default_timezone
     zone(timezone)
-    locale = new.locale or default_locale
-    if locale not in locales:
-        raise UserError("locale", f"'{locale}' has no message templates; use one of "
-                        f"{', '.join(locales)}")
+    locale = _locale(new.locale or default_locale, locales)
     channels = parse_channels(new.channels, phone, email)
-    ref = new.ref.strip() if new.ref else None
-    if ref:
-        taken = db.exec(select(Patient).where(Patient.ref == ref)).first()
-        if taken is not None:
-            raise UserError("ref", f"'{ref}' already belongs to patient {taken.id}")
+    ref = _free_ref(db, new.ref, None)
     patient = Patient(name=name, phone=phone, email=email, timezone=timezone, locale=locale,
                       channels=channels, ref=ref, created_at=clock())
     db.add(patient)
     db.commit()
     db.refresh(patient)
     return patient
+
+
+def _name(text: str) -> str:
+    name = text.strip()
+    if not name:
+        raise UserError("name", "must not be empty")
+    return name
+
+
+def _locale(locale: str, locales: tuple[str, ...]) -> str:
+    if locale not in locales:
+        raise UserError("locale", f"'{locale}' has no message templates; use one of "
+                        f"{', '.join(locales)}")
+    return locale
+
+
+def _free_ref(db: DbSession, text: str | None, patient_id: int | None) -> str | None:
+    ref = text.strip() if text else None
+    if ref:
+        taken = db.exec(select(Patient).where(Patient.ref == ref)).first()
+        if taken is not None and taken.id != patient_id:
+            raise UserError("ref", f"'{ref}' already belongs to patient {taken.id}")
+    return ref or None
+
+
+@dataclass(frozen=True)
+class PatientChanges:
+    """Fields staff change; None leaves a field as it is, "" removes a phone, email or ref."""
+
+    name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    timezone: str | None = None
+    locale: str | None = None
+    channels: str | None = None
+    ref: str | None = None
+
+
+def update_patient(db: DbSession, planner: Planner, patient: Patient, changes: PatientChanges,
+                   *, country: str, locales: tuple[str, ...]) -> tuple[list[str], PlanChanges]:
+    """Apply `changes` to everything not yet sent; returns the changed field names.
+
+    Nothing is written if any field is wrong. A new phone or email clears its "invalid" mark.
+    """
+    if patient.forgotten_at is not None:
+        raise UserError("patient", f"patient {patient.id} was forgotten; add them again")
+    new: dict[str, Any] = {}
+    if changes.name is not None:
+        new["name"] = _name(changes.name)
+    if changes.phone is not None:
+        new["phone"] = normalize_phone(changes.phone, country) if changes.phone.strip() else None
+    if changes.email is not None:
+        new["email"] = normalize_email(changes.email) if changes.email.strip() else None
+    if changes.timezone is not None:
+        zone(changes.timezone)
+        new["timezone"] = changes.timezone
+    if changes.locale is not None:
+        new["locale"] = _locale(changes.locale, locales)
+    if changes.ref is not None:
+        new["ref"] = _free_ref(db, changes.ref, patient.id)
+    phone, email = new.get("phone", patient.phone), new.get("email", patient.email)
+    new["channels"] = parse_channels(changes.channels or patient.channels, phone, email)
+    changed = [name for name, value in new.items() if getattr(patient, name) != value]
+    if not changed:
+        return [], PlanChanges()
+    now = planner.clock()
+    for name in changed:
+        setattr(patient, name, new[name])
+    if "phone" in changed:
+        patient.phone_invalid_at = None
+    if "email" in changed:
+        patient.email_invalid_at = None
+    db.add(patient)
+    record(db, now, "patient.updated", patient.id, ", ".join(changed))
+    plan = replan_patient(db, planner, patient, f"patient updated ({', '.join(changed)})")
+    db.commit()
+    return changed, plan
+
+
+def set_opt_out(db: DbSession, planner: Planner, patient: Patient, channel: str,
+                opted_out: bool = True) -> PlanChanges:
+    """Record that the patient opted out of (or back in to) `channel`; pending rows follow."""
+    if channel not in CHANNELS:
+        raise UserError("channel", f"'{channel}' is not a channel; use sms or email")
+    flag = f"{channel}_opted_out_at"
+    if bool(getattr(patient, flag)) == opted_out:
+        return PlanChanges()
+    now = planner.clock()
+    setattr(patient, flag, now if opted_out else None)
+    db.add(patient)
+    what = f"patient opted {'out of' if opted_out else 'back in to'} {channel}"
+    record(db, now, f"patient.{'opted_out' if opted_out else 'opted_in'}", patient.id, channel)
+    plan = replan_patient(db, planner, patient, what)
+    db.commit()
+    return plan
+
+
+def patient_json(db: DbSession, patient: Patient) -> dict[str, Any]:
+    """The JSON shape of `patient show`: contact data, consent, opt-outs and courses."""
+    courses = db.exec(select(Course).where(Course.patient_id == patient.id)
+                      .order_by(col(Course.id))).all()
+    return {
+        **{f.name: getattr(patient, f.name) for f in fields(NewPatient) if f.name != "channels"},
+        "id": patient.id,
+        "channels": patient.channel_list,
+        "opted_out": {c: _iso(getattr(patient, f"{c}_opted_out_at")) for c in CHANNELS},
+        "invalid": {"phone": _iso(patient.phone_invalid_at),
+                    "email": _iso(patient.email_invalid_at)},
+        "reachable": {c: patient.unreachable_reason(c) is None for c in CHANNELS},
+        "forgotten_at": _iso(patient.forgotten_at),
+        "created_at": _iso(patient.created_at),
+        "courses": [{"id": c.id, "treatment": c.treatment, "status": c.status} for c in courses],
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
 
 
 def find_patient(db: DbSession, ident: str) -> Patient:

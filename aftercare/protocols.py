@@ -30,6 +30,15 @@ def parse_duration(text: str) -> timedelta:
     return -delta if sign else delta
 
 
+# What a step's timing counts from:
+#   session       a completed session (its aftercare)
+#   next_session  a booked session (reminders before it)
+#   rebooking     the date the next course session is due (last session + the course's
+#                 spacing), planned only while no later session is booked
+#   maintenance   each point of the maintenance cadence after the course's last session
+Anchor = Literal["session", "next_session", "rebooking", "maintenance"]
+
+
 class Step(BaseModel):
     """One message of a protocol: when it goes, for how long it stays worth sending, where."""
 
@@ -37,7 +46,7 @@ class Step(BaseModel):
 
     key: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     title: str
-    anchor: Literal["session", "next_session"] = "session"
+    anchor: Anchor = "session"
     after: timedelta | None = None
     days: int | None = None
     at: time | None = None
@@ -62,6 +71,8 @@ class Step(BaseModel):
             raise ValueError("`valid_for` must be positive")
         if not self.channels:
             raise ValueError("`channels` must name at least one of sms, email")
+        if self.on_sessions != "every" and self.anchor != "session":
+            raise ValueError("`on_sessions` only applies to steps anchored on the session")
         return self
 
     def applies_to(self, number: int, planned: int) -> bool:
@@ -81,12 +92,42 @@ class Step(BaseModel):
         return datetime.combine(day, self.at, tzinfo=tz).astimezone(UTC)
 
 
+class Phase(BaseModel):
+    """Part of a maintenance cadence: a reminder every `every_days`, `times` times."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every_days: int = Field(ge=1, le=730)
+    times: int | None = Field(default=None, ge=1)  # None: repeats up to the horizon
+
+
 class Maintenance(BaseModel):
     """What follows the course; `summary` is for staff listings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     summary: str
+    cadence: tuple[Phase, ...] = ()
+
+    @model_validator(mode="after")
+    def _open_end_last(self) -> Maintenance:
+        if any(phase.times is None for phase in self.cadence[:-1]):
+            raise ValueError("every cadence phase but the last needs `times`")
+        return self
+
+    def offsets(self, horizon: timedelta) -> list[timedelta]:
+        """When each maintenance reminder falls, counted from the last session, up to `horizon`."""
+        found: list[timedelta] = []
+        total = timedelta(0)
+        for phase in self.cadence:
+            count = 0
+            while phase.times is None or count < phase.times:
+                total += timedelta(days=phase.every_days)
+                if total > horizon:
+                    return found
+                found.append(total)
+                count += 1
+        return found
 
 
 class Protocol(BaseModel):
@@ -108,7 +149,15 @@ class Protocol(BaseModel):
         keys = [step.key for step in self.steps]
         if len(keys) != len(set(keys)):
             raise ValueError("step keys must be unique")
+        if any(step.anchor == "maintenance" for step in self.steps) and not (
+                self.maintenance and self.maintenance.cadence):
+            raise ValueError("a step anchored on maintenance needs [maintenance] cadence, "
+                             "e.g. cadence = [{ every_days = 35, times = 3 }, { every_days = 75 }]")
         return self
+
+    def steps_for(self, anchor: str) -> list[Step]:
+        """The steps timed from `anchor`, in protocol order."""
+        return [step for step in self.steps if step.anchor == anchor]
 
     def step(self, key: str) -> Step:
         for step in self.steps:
@@ -172,14 +221,16 @@ def load_protocol(path: Path) -> Protocol:
 
 def describe_timing(step: Step) -> str:
     """When a step goes, in words, for staff listings and previews."""
-    anchor = "the session" if step.anchor == "session" else "the next session"
+    anchor = {"session": "the session", "next_session": "the next session",
+              "rebooking": "the day the next session is due (when none is booked)",
+              "maintenance": "each maintenance date"}[step.anchor]
     if step.after is not None:
         hours = step.after.total_seconds() / 3600
         amount = f"{abs(hours):g}h" if abs(hours) < 48 else f"{abs(hours) / 24:g} days"
         return f"{amount} {'after' if hours >= 0 else 'before'} {anchor}"
     assert step.days is not None and step.at is not None
     if step.days == 0:
-        day = f"day of {anchor}"
+        day = f"on {anchor}" if step.anchor in ("rebooking", "maintenance") else f"day of {anchor}"
     else:
         count = f"{abs(step.days)} day{'s' if abs(step.days) != 1 else ''}"
         day = f"{count} {'after' if step.days > 0 else 'before'} {anchor}"

@@ -15,6 +15,16 @@ _FLAGS = {PHONE_INVALID: ("sms", "phone_invalid_at", "phone number invalid"),
           EMAIL_INVALID: ("email", "email_invalid_at", "email address refused")}
 
 
+def routes(step_channels: tuple[str, ...], patient: Patient) -> list[str]:
+    """The channels a step goes on for this patient now, with email standing in for a dead SMS."""
+    chosen = [c for c in step_channels if patient.unreachable_reason(c) is None]
+    sms_dead = patient.phone_invalid_at or patient.sms_opted_out_at
+    if "sms" in step_channels and "email" not in chosen and sms_dead \
+            and patient.unreachable_reason("email") is None:
+        chosen.append("email")
+    return chosen
+
+
 def close_route(db: DbSession, patient: Patient, consequence: str, failed: Message,
                 now: datetime) -> None:
     """Record that a route is unusable and move the patient's pending messages off it.
@@ -55,10 +65,12 @@ def _email_twin(db: DbSession, patient: Patient, message: Message, now: datetime
         db.add(patient)
     exists = db.exec(select(Message.id).where(
         Message.session_id == message.session_id, Message.step == message.step,
-        Message.channel == "email")).first()
+        Message.occurrence == message.occurrence, Message.channel == "email")).first()
     if exists is None:
         db.add(Message(patient_id=message.patient_id, course_id=message.course_id,
-                       session_id=message.session_id, step=message.step, channel="email",
-                       status=MessageStatus.PENDING, send_after=max(message.send_after, now),
+                       session_id=message.session_id, step=message.step,
+                       occurrence=message.occurrence, channel="email",
+                       status=MessageStatus.PENDING, planned_at=message.planned_at,
+                       send_after=max(message.send_after, now),
                        expires_at=message.expires_at, created_at=now, updated_at=now))
     return True

@@ -126,6 +126,8 @@ def message_context(
     next_session: Session | None,
     *,
     first_sms: bool,
+    first_visit: bool = False,
+    occurrence: int = 0,
 ) -> dict[str, Any]:
     """The variables every template may use (documented in docs/content.md)."""
     tz, locale = patient.timezone, patient.locale
@@ -137,8 +139,12 @@ def message_context(
         "treatment": {"key": protocol.key, "name": protocol.name, "region": protocol.region},
         "area": course.area,
         "session": {"number": session.number, **_moment(session.at, tz, locale)},
-        "course": {"sessions_planned": course.sessions_planned},
+        "course": {"sessions_planned": course.sessions_planned,
+                   "spacing_days": course.spacing_days},
         "next_session": None if next_session is None else {
             "number": next_session.number, **_moment(next_session.at, tz, locale)},
         "first_sms": first_sms,
+        # No session done yet: a reminder of a first booked visit has no "last time".
+        "first_visit": first_visit,
+        "occurrence": occurrence,  # 1, 2, ... within a series of maintenance reminders
     }

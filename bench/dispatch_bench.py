@@ -96,8 +96,7 @@ def bench_enroll(patients: int) -> float:
     """Patients enrolled per second (each plans 14 messages)."""
     with tempfile.TemporaryDirectory() as folder:
         app = _app(Path(folder))
-        protocol = app.protocols.get("cellulite")
-        quiet = app.settings.messaging.quiet_hours
+        planner = app.planner()
         start = time.perf_counter()
         with app.db() as db:
             for i in range(patients):
@@ -105,10 +104,9 @@ def bench_enroll(patients: int) -> float:
                                                      email="p@example.com"), country="US",
                                       default_timezone="America/New_York", default_locale="en",
                                       locales=("en",), clock=app.clock)
-                enroll(db, patient, protocol,
+                enroll(db, planner, patient,
                        SessionVisit("cellulite", NOW - timedelta(minutes=30),
-                                    next_session_at=NOW + timedelta(days=14)),
-                       quiet=quiet, clock=app.clock)
+                                    next_session_at=NOW + timedelta(days=14)))
         elapsed = time.perf_counter() - start
         app.engine.dispose()
         return patients / elapsed

@@ -1,0 +1,44 @@
+"""Courses: a patient's series of sessions of one treatment, shown and withdrawn."""
+
+from __future__ import annotations
+
+from sqlmodel import Session as DbSession
+from sqlmodel import col, select
+
+from aftercare.bookings import session_json
+from aftercare.history import record
+from aftercare.models import Course, CourseStatus, Session, SessionStatus
+from aftercare.planning import PlanChanges, Planner, replan
+
+
+def sessions_of(db: DbSession, course: Course) -> list[Session]:
+    """The course's sessions in time order, whatever their status."""
+    return list(db.exec(select(Session).where(Session.course_id == course.id)
+                        .order_by(col(Session.at))).all())
+
+
+def course_json(db: DbSession, course: Course) -> dict[str, object]:
+    """The JSON shape of `course show`."""
+    return {"id": course.id, "treatment": course.treatment, "status": course.status,
+            "sessions": [session_json(s) for s in sessions_of(db, course)]}
+
+
+def withdraw(db: DbSession, planner: Planner, course: Course,
+             reason: str | None = None) -> PlanChanges:
+    """Stop a course: its booked sessions are cancelled and nothing pending for it is sent."""
+    if course.status == CourseStatus.WITHDRAWN:
+        return PlanChanges()
+    now = planner.clock()
+    course.status = CourseStatus.WITHDRAWN
+    db.add(course)
+    for session in sessions_of(db, course):
+        if session.status == SessionStatus.BOOKED:
+            session.status = SessionStatus.CANCELLED
+            db.add(session)
+            record(db, now, "session.cancelled", course.patient_id,
+                   f"session {session.number}: course withdrawn", course_id=course.id,
+                   session_id=session.id)
+    record(db, now, "course.withdrawn", course.patient_id, reason or "", course_id=course.id)
+    changes = replan(db, planner, course, "course withdrawn")
+    db.commit()
+    return changes

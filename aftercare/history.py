@@ -1,0 +1,25 @@
+"""History: every change to a patient's plan, with its reason, for staff and audits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session as DbSession
+from sqlmodel import col, select
+
+from aftercare.models import Event
+
+
+def record(db: DbSession, at: datetime, kind: str, patient_id: int | None, detail: str = "",
+           *, course_id: int | None = None, session_id: int | None = None,
+           message_id: int | None = None) -> None:
+    """Add one event to the patient's history (committed with the change it describes)."""
+    assert patient_id is not None
+    db.add(Event(at=at, patient_id=patient_id, course_id=course_id, session_id=session_id,
+                 message_id=message_id, kind=kind, detail=detail[:500]))
+
+
+def events_of(db: DbSession, patient_id: int) -> list[Event]:
+    """The patient's history, oldest first."""
+    return list(db.exec(select(Event).where(Event.patient_id == patient_id)
+                        .order_by(col(Event.at), col(Event.id))).all())

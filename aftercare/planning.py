@@ -1,0 +1,222 @@
+"""The plan: which messages a course should have pending, kept true whenever anything changes.
+
+Every change (a session completed, booked, moved, cancelled or missed; a course withdrawn;
+a patient updated, opted out or forgotten) ends in `replan`, which computes what should be
+pending from the course as it now stands and brings the message rows in line: it plans
+what is missing, moves what was timed from a session that moved, cancels what no longer
+applies and revives what applies again. Rows already sent, failed or expired never change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session as DbSession
+from sqlmodel import col, select
+
+from aftercare.clock import Clock, zone
+from aftercare.history import record
+from aftercare.models import (
+    LIVE_SESSIONS,
+    Course,
+    CourseStatus,
+    Message,
+    MessageStatus,
+    Patient,
+    Session,
+    SessionStatus,
+)
+from aftercare.protocols import Protocol, ProtocolBook, Step
+from aftercare.quiet_hours import QuietHours
+from aftercare.reachability import routes
+
+Key = tuple[int, str, int, str]  # session id, step, occurrence, channel
+
+
+@dataclass(frozen=True)
+class Planner:
+    """What planning needs to know: the protocols, the clinic's hours and horizon, the time."""
+
+    protocols: ProtocolBook
+    quiet: QuietHours
+    horizon: timedelta
+    clock: Clock
+
+
+@dataclass
+class PlanChanges:
+    """What one `replan` did to the message rows."""
+
+    created: list[Message] = field(default_factory=list)
+    moved: list[Message] = field(default_factory=list)
+    cancelled: list[Message] = field(default_factory=list)
+    revived: list[Message] = field(default_factory=list)
+
+    def describe(self) -> str:
+        parts = [f"{len(rows)} {name}" for name, rows in (
+            ("planned", self.created), ("moved", self.moved), ("cancelled", self.cancelled),
+            ("revived", self.revived)) if rows]
+        return ", ".join(parts) or "no message changed"
+
+    def merge(self, other: PlanChanges) -> None:
+        for name in ("created", "moved", "cancelled", "revived"):
+            getattr(self, name).extend(getattr(other, name))
+
+
+@dataclass(frozen=True)
+class _Want:
+    session: Session
+    step: Step
+    occurrence: int
+    channel: str
+    planned_at: datetime
+
+
+def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> PlanChanges:
+    """Bring the course's pending messages in line with its sessions and its patient.
+
+    `reason` is recorded on every message it cancels or moves. Flushes, does not commit:
+    the caller commits the change and its consequences together.
+    """
+    now = planner.clock()
+    patient = db.get(Patient, course.patient_id)
+    assert patient is not None
+    sessions = list(db.exec(select(Session).where(Session.course_id == course.id)
+                            .order_by(col(Session.at))).all())
+    protocol = planner.protocols.get(course.treatment)
+    _settle_status(course, sessions)
+    db.add(course)
+    wants: dict[Key, _Want] = {}
+    if course.status != CourseStatus.WITHDRAWN and patient.forgotten_at is None:
+        wants = {(w.session.id or 0, w.step.key, w.occurrence, w.channel): w
+                 for w in _wanted(planner, protocol, course, patient, sessions)}
+    rows = {(m.session_id, m.step, m.occurrence, m.channel): m for m in db.exec(
+        select(Message).where(Message.course_id == course.id)).all()}
+    tz = zone(patient.timezone)
+    changes = PlanChanges()
+    for key, want in wants.items():
+        row = rows.get(key)
+        window = _window(want, tz, planner.quiet, now)
+        if row is None:
+            if window is not None:
+                row = Message(patient_id=patient.id, course_id=course.id,
+                              session_id=want.session.id, step=want.step.key,
+                              occurrence=want.occurrence, channel=want.channel,
+                              status=MessageStatus.PENDING, planned_at=want.planned_at,
+                              send_after=window[0], expires_at=window[1], created_at=now,
+                              updated_at=now)
+                changes.created.append(row)
+        elif row.status == MessageStatus.PENDING and row.planned_at != want.planned_at:
+            if window is None:
+                _cancel(row, f"{reason}; too late to be useful now", now)
+                changes.cancelled.append(row)
+            else:
+                row.planned_at, (row.send_after, row.expires_at) = want.planned_at, window
+                changes.moved.append(row)
+        elif row.status == MessageStatus.CANCELLED and window is not None:
+            row.status, row.last_error = MessageStatus.PENDING, None
+            row.planned_at, (row.send_after, row.expires_at) = want.planned_at, window
+            changes.revived.append(row)
+        else:
+            continue
+        row.updated_at = now
+        db.add(row)
+    for key, row in rows.items():
+        if row.status == MessageStatus.PENDING and key not in wants:
+            _cancel(row, reason, now)
+            db.add(row)
+            changes.cancelled.append(row)
+    db.flush()
+    _record(db, course, changes, reason, now)
+    return changes
+
+
+def replan_patient(db: DbSession, planner: Planner, patient: Patient,
+                   reason: str) -> PlanChanges:
+    """`replan` every course of the patient (after a change to the patient themselves)."""
+    changes = PlanChanges()
+    for course in db.exec(select(Course).where(Course.patient_id == patient.id)
+                          .order_by(col(Course.id))).all():
+        changes.merge(replan(db, planner, course, reason))
+    return changes
+
+
+def _settle_status(course: Course, sessions: Iterable[Session]) -> None:
+    """A course is completed once its planned sessions are done; maintenance then follows."""
+    if course.status == CourseStatus.WITHDRAWN:
+        return
+    done = [s.number for s in sessions if s.status == SessionStatus.COMPLETED]
+    finished = bool(done) and max(done) >= course.sessions_planned
+    course.status = CourseStatus.COMPLETED if finished else CourseStatus.ACTIVE
+
+
+def _wanted(planner: Planner, protocol: Protocol, course: Course, patient: Patient,
+            sessions: list[Session]) -> Iterable[_Want]:
+    """Every message the course should have, whether or not its time has passed."""
+    tz = zone(patient.timezone)
+
+    def each(session: Session, steps: list[Step], moment: datetime,
+             occurrence: int = 0) -> Iterable[_Want]:
+        for step in steps:
+            for channel in routes(step.channels, patient):
+                yield _Want(session, step, occurrence, channel, step.planned_at(moment, tz))
+
+    live = [s for s in sessions if s.status in LIVE_SESSIONS]
+    completed = [s for s in live if s.status == SessionStatus.COMPLETED]
+    booked = [s for s in live if s.status == SessionStatus.BOOKED]
+    for session in completed:
+        steps = [s for s in protocol.steps_for("session")
+                 if s.applies_to(session.number, course.sessions_planned)]
+        yield from each(session, steps, session.at)
+    for session in booked:
+        yield from each(session, protocol.steps_for("next_session"), session.at)
+    if not completed:
+        return
+    last = completed[-1]
+    if any(s.at > last.at for s in booked):
+        return  # the next visit is booked: its reminders speak, nudges would be wrong
+    if last.number < course.sessions_planned:
+        due = last.at + timedelta(days=course.spacing_days)
+        yield from each(last, protocol.steps_for("rebooking"), due)
+    elif protocol.maintenance is not None:
+        for occurrence, offset in enumerate(protocol.maintenance.offsets(planner.horizon), 1):
+            yield from each(last, protocol.steps_for("maintenance"), last.at + offset,
+                            occurrence)
+
+
+def _window(want: _Want, tz: ZoneInfo, quiet: QuietHours,
+            now: datetime) -> tuple[datetime, datetime] | None:
+    """(send_after, expires_at) for a wanted message, or None when it is too late for it."""
+    step = want.step
+    first = quiet.next_allowed(want.planned_at, tz)
+    if first + step.valid_for <= now:
+        return None
+    # Planned late (enrolled late, session moved closer): what is still relevant goes now,
+    # with a full window from now.
+    send_after = quiet.next_allowed(max(first, now), tz)
+    expires_at = send_after + step.valid_for
+    if step.anchor == "next_session":
+        # A reminder of a session is worthless once the session has begun.
+        expires_at = min(expires_at, want.session.at)
+    if expires_at <= send_after:
+        return None
+    return send_after, expires_at
+
+
+def _cancel(row: Message, reason: str, now: datetime) -> None:
+    row.status, row.last_error, row.updated_at = MessageStatus.CANCELLED, reason[:500], now
+
+
+def _record(db: DbSession, course: Course, changes: PlanChanges, reason: str,
+            now: datetime) -> None:
+    for kind, rows in (("message.moved", changes.moved), ("message.cancelled", changes.cancelled),
+                       ("message.revived", changes.revived)):
+        for row in rows:
+            record(db, now, kind, course.patient_id, f"{row.step}/{row.channel}: {reason}",
+                   course_id=course.id, session_id=row.session_id, message_id=row.id)
+    if changes.created:
+        record(db, now, "messages.planned", course.patient_id,
+               f"{len(changes.created)} planned: {reason}", course_id=course.id)

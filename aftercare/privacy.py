@@ -1,0 +1,33 @@
+"""Privacy: forgetting a patient on request while keeping anonymous counts."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlmodel import Session as DbSession
+from sqlmodel import col
+
+from aftercare.history import record
+from aftercare.models import Event, Message, Patient
+from aftercare.planning import PlanChanges, Planner, replan_patient
+
+
+def forget(db: DbSession, planner: Planner, patient: Patient) -> PlanChanges:
+    """Erase name, contact data, clinic ref and every text sent or written about the patient.
+
+    Pending messages are cancelled; rows stay (without personal data) so counts of
+    sessions and messages remain true. Forgetting twice changes nothing.
+    """
+    if patient.forgotten_at is not None:
+        return PlanChanges()
+    now = planner.clock()
+    patient.forgotten_at = now
+    patient.name, patient.ref, patient.phone, patient.email = "(forgotten)", None, None, None
+    db.add(patient)
+    plan = replan_patient(db, planner, patient, "patient forgotten")
+    # Provider error texts can quote the phone number; staff reasons are free text.
+    db.exec(update(Message).where(col(Message.patient_id) == patient.id)
+            .values(body=None, subject=None, provider_id=None, last_error=None))
+    db.exec(update(Event).where(col(Event.patient_id) == patient.id).values(detail=""))
+    record(db, now, "patient.forgotten", patient.id)
+    db.commit()
+    return plan

@@ -1,0 +1,55 @@
+"""Timeline: a patient's sessions and messages, past and future, in one list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session as DbSession
+from sqlmodel import col, select
+
+from aftercare.models import Course, Message, MessageStatus, Patient, Session
+
+
+@dataclass
+class Entry:
+    """A session, or one step of one session sent on one or more channels at one time."""
+
+    at: datetime
+    kind: str  # "session" or "message"
+    course_id: int
+    session_id: int
+    label: str  # "session 2" or the step key
+    statuses: dict[str, str] = field(default_factory=dict)  # channel -> status (messages)
+    status: str = ""  # sessions
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "kind": self.kind, "course_id": self.course_id,
+                "session_id": self.session_id, "label": self.label,
+                "status": self.status or None, "channels": self.statuses,
+                "notes": self.notes}
+
+
+def timeline(db: DbSession, patient: Patient) -> tuple[list[Course], list[Entry]]:
+    """The patient's courses and every session and message, in time order."""
+    courses = list(db.exec(select(Course).where(Course.patient_id == patient.id)
+                           .order_by(col(Course.id))).all())
+    ids = [c.id for c in courses]
+    entries = [Entry(s.at, "session", s.course_id, s.id or 0, f"session {s.number}",
+                     status=s.status)
+               for s in db.exec(select(Session).where(col(Session.course_id).in_(ids))).all()]
+    grouped: dict[tuple[int, str, int, datetime], Entry] = {}
+    for m in db.exec(select(Message).where(Message.patient_id == patient.id)
+                     .order_by(col(Message.id))).all():
+        at = m.sent_at if m.status == MessageStatus.SENT and m.sent_at else m.send_after
+        label = m.step if not m.occurrence else f"{m.step} #{m.occurrence}"
+        key = (m.session_id, label, m.course_id, at.replace(second=0, microsecond=0))
+        entry = grouped.setdefault(key, Entry(at, "message", m.course_id, m.session_id, label))
+        entry.statuses[m.channel] = m.status
+        if m.last_error and m.status != MessageStatus.SENT:
+            entry.notes.append(f"{m.channel}: {m.last_error}")
+    entries += grouped.values()
+    entries.sort(key=lambda e: (e.at, e.kind != "session", e.label))
+    return courses, entries
