@@ -35,6 +35,8 @@ def make_engine(url: str) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Erased patient data (`patient forget`) is overwritten on disk, not just unlinked.
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -45,6 +47,17 @@ def make_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def flush_to_disk(engine: Engine) -> None:
+    """Write SQLite's log back into the database file and empty it (after erasing data)."""
+    if engine.dialect.name == "sqlite":
+        # Raw connection: a checkpoint cannot run inside the BEGIN IMMEDIATE the engine adds.
+        raw = engine.raw_connection()
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
 
 
 def _alembic_config(engine: Engine) -> Config:

@@ -67,10 +67,14 @@ def enroll(db: DbSession, planner: Planner, patient: Patient, visit: SessionVisi
     _check_visit(visit, now)
     if course is None:
         course = _course_for(db, patient, protocol, visit, now)
+    before = _booked_at(db, course)
     session = _completed_session(db, course, visit, now)
     next_session = _booked_session(db, course, session, visit.next_session_at, now)
     renumber(db, course)
-    changes = replan(db, planner, course, f"session {session.number} completed")
+    reason = f"session {session.number} completed"
+    if next_session is not None and before.get(next_session.id) != next_session.at:
+        reason += f"; session {next_session.number} booked"
+    changes = replan(db, planner, course, reason)
     anchors = [s.id for s in (session, next_session) if s is not None]
     messages = list(db.exec(select(Message).where(
         col(Message.session_id).in_(anchors), Message.status != MessageStatus.CANCELLED)
@@ -78,6 +82,11 @@ def enroll(db: DbSession, planner: Planner, patient: Patient, visit: SessionVisi
     db.commit()
     return Enrollment(course=course, session=session, next_session=next_session,
                       messages=messages, changes=changes)
+
+
+def _booked_at(db: DbSession, course: Course) -> dict[int | None, datetime]:
+    return {s.id: s.at for s in db.exec(select(Session).where(
+        Session.course_id == course.id, Session.status == SessionStatus.BOOKED)).all()}
 
 
 def _check_visit(visit: SessionVisit, now: datetime) -> None:

@@ -101,14 +101,14 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
         row = rows.get(key)
         window = _window(want, tz, planner.quiet, now)
         if row is None:
-            if window is not None:
-                row = Message(patient_id=patient.id, course_id=course.id,
-                              session_id=want.session.id, step=want.step.key,
-                              occurrence=want.occurrence, channel=want.channel,
-                              status=MessageStatus.PENDING, planned_at=want.planned_at,
-                              send_after=window[0], expires_at=window[1], created_at=now,
-                              updated_at=now)
-                changes.created.append(row)
+            if window is None:
+                continue  # its time has passed: planned late, it would only be noise
+            row = Message(patient_id=patient.id, course_id=course.id,
+                          session_id=want.session.id, step=want.step.key,
+                          occurrence=want.occurrence, channel=want.channel,
+                          status=MessageStatus.PENDING, planned_at=want.planned_at,
+                          send_after=window[0], expires_at=window[1], created_at=now)
+            changes.created.append(row)
         elif row.status == MessageStatus.PENDING and row.planned_at != want.planned_at:
             if window is None:
                 _cancel(row, f"{reason}; too late to be useful now", now)

@@ -6,6 +6,7 @@ from sqlalchemy import update
 from sqlmodel import Session as DbSession
 from sqlmodel import col
 
+from aftercare.db import flush_to_disk
 from aftercare.history import record
 from aftercare.models import Event, Message, Patient
 from aftercare.planning import PlanChanges, Planner, replan_patient
@@ -30,4 +31,5 @@ def forget(db: DbSession, planner: Planner, patient: Patient) -> PlanChanges:
     db.exec(update(Event).where(col(Event.patient_id) == patient.id).values(detail=""))
     record(db, now, "patient.forgotten", patient.id)
     db.commit()
+    flush_to_disk(db.get_bind())  # type: ignore[arg-type]
     return plan

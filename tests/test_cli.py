@@ -71,11 +71,11 @@ def test_demo_plays_every_patients_timeline(tmp_path: Path, monkeypatch) -> None
     out = io.StringIO()
     counts = run_demo(out, day=datetime(2026, 11, 10, 12, tzinfo=UTC))
     text = out.getvalue()
-    assert counts.sent == 27 and counts.failed == counts.expired == 0
+    assert counts.sent == 32 and counts.failed == counts.expired == 0
     for name in ("Jane Doe", "Maria Lopez", "Claire Martin"):
         assert f"{name} (" in text
     assert text.count("Reply STOP to opt out") == 2  # Jane's and Maria's first SMS
-    assert "Demo finished: 27 sent." in text
+    assert "Demo finished: 32 sent." in text
     assert list(tmp_path.iterdir()) == []  # the throw-away database is gone
 
 

@@ -62,9 +62,9 @@ def test_first_sms_tells_how_to_opt_out(protocol, locale) -> None:  # type: igno
         assert "Reply STOP to opt out" in first.rendered.text
 
 
-def test_every_protocol_has_the_same_eight_steps() -> None:
+def test_every_protocol_has_the_same_eleven_steps() -> None:
     expected = ["first_48h", "arnica", "activity", "check_48h", "routine", "next_session",
-                "results", "maintenance"]
+                "session_reminder", "rebook", "rebook_follow_up", "results", "maintenance"]
     for protocol in ProtocolBook.load():
         assert [s.key for s in protocol.steps] == expected, protocol.key
         assert protocol.maintenance is not None, protocol.key

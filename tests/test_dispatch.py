@@ -77,9 +77,10 @@ def test_each_message_goes_at_its_time_and_only_once(enrolled: Clinic) -> None:
         dispatcher.run_once(clock.now)
     # Everything is sent exactly once, in planned order.
     assert [m.step for m in sms.sent] == ["first_48h", "arnica", "activity", "check_48h",
-                                          "routine", "next_session", "results"]
+                                          "routine", "next_session", "session_reminder",
+                                          "results"]
     assert enrolled.rows("SELECT status, count(*) FROM message GROUP BY status") == [
-        ("sent", 14)]
+        ("sent", 16)]
 
 
 def test_sent_message_stores_rendered_text_and_provider_id(enrolled: Clinic) -> None:
@@ -361,7 +362,25 @@ def test_maintenance_reminder_is_dropped_once_the_patient_rebooks(clinic: Clinic
     clinic.json("--now", "2026-03-20T11:00-04:00", "enroll", "A1", "--treatment",
                 "hyaluronic-acid", "--session-at", "2026-03-02T10:30",
                 "--next-session-at", "2026-04-06T10:30")
+    # Booking cancelled the whole series at once, with the reason.
+    assert set(clinic.rows("SELECT status, last_error FROM message "
+                           "WHERE step = 'maintenance'")) == {
+        ("cancelled", "session 1 completed; session 2 booked")}
     counts = clinic.app(console=io.StringIO()).dispatcher().run_once(maintenance_at)
-    assert counts.cancelled == 1
-    assert clinic.rows("SELECT status, last_error FROM message WHERE step = 'maintenance'") == [
-        ("cancelled", "a later session is booked or done")]
+    assert counts.sent == 0
+
+
+def test_send_time_check_drops_a_maintenance_reminder_the_plan_did_not_see(
+        clinic: Clinic) -> None:
+    # Another program wrote a booking straight into the database: the dispatcher's own
+    # check still keeps the stale reminder from going.
+    clinic.json("patient", "add", "--name", "Ana Diaz", "--phone", "+12125550126", "--ref", "A1")
+    out = clinic.json("--now", "2026-03-02T11:00-05:00", "enroll", "A1", "--treatment",
+                      "hyaluronic-acid", "--session-at", "2026-03-02T10:30")
+    first = min(utc(m["send_after"]) for m in out["messages"] if m["step"] == "maintenance")
+    clinic.rows("INSERT INTO session (course_id, number, at, status, created_at) VALUES "
+                "(1, 2, '2026-04-06 14:30:00', 'booked', '2026-03-20 15:00:00')")
+    counts = clinic.app(console=io.StringIO()).dispatcher().run_once(first)
+    assert (counts.sent, counts.cancelled) == (0, 1)
+    assert clinic.rows("SELECT status, last_error FROM message WHERE step = 'maintenance' "
+                       "AND occurrence = 1") == [("cancelled", "a later session is booked or done")]

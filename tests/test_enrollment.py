@@ -38,9 +38,11 @@ def test_enroll_plans_every_step_on_every_channel(jane: Clinic) -> None:
     out = _enroll(jane, "--area", "thighs", "--next-session-at", "2026-03-21T10:30")
     assert set(out) == {"course_id", "session_id", "messages"}
     protocol = ProtocolBook.load().get("cellulite")
+    # The session's aftercare and the booked session's reminders; no nudge to rebook (the
+    # next session is booked) and no maintenance (the course has five sessions to go).
     expected = {(s.key, c) for s in protocol.steps for c in s.channels
-                if s.applies_to(1, protocol.sessions)}
-    assert ("maintenance", "sms") not in expected  # only after the last session of the course
+                if s.anchor in ("session", "next_session") and s.applies_to(1, protocol.sessions)}
+    assert ("next_session", "sms") in expected and ("results", "sms") in expected
     assert {(m["step"], m["channel"]) for m in out["messages"]} == expected
     for message in out["messages"]:
         assert set(message) == {"id", "step", "channel", "send_after", "status"}

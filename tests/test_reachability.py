@@ -37,7 +37,7 @@ def test_sms_only_patient_has_every_pending_sms_cancelled(clinic: Clinic, conseq
     _dispatch(clinic, SendError("HTTP 400", permanent=True, code="21610", consequence=consequence))
     assert clinic.rows(f"SELECT {flag} IS NOT NULL FROM patient") == [(1,)]
     assert clinic.rows("SELECT status, count(*) FROM message GROUP BY status") == [
-        ("cancelled", 5), ("failed", 1)]
+        ("cancelled", 7), ("failed", 1)]
     # Later passes send nothing more on that route.
     app = clinic.app(console=io.StringIO())
     counts = app.dispatcher().run_once(SESSION + timedelta(days=60))
@@ -85,7 +85,7 @@ def test_permanent_failure_without_consequence_touches_nothing_else(clinic: Clin
     _enroll(clinic, "--phone", "+12125550123")
     _dispatch(clinic, SendError("HTTP 400: bad body", permanent=True, code="21602"))
     assert clinic.rows("SELECT status, count(*) FROM message GROUP BY status") == [
-        ("failed", 1), ("pending", 5)]
+        ("failed", 1), ("pending", 7)]
     assert clinic.rows("SELECT sms_opted_out_at, phone_invalid_at FROM patient") == [(None, None)]
 
 

@@ -150,7 +150,7 @@ def test_stop_reply_opts_out_and_moves_the_plan_to_email(clinic: Clinic,
     assert counts["failed"] == 1 and counts["sent"] == 1  # the SMS failed, its email twin went
     assert clinic.rows("SELECT sms_opted_out_at IS NOT NULL FROM patient") == [(1,)]
     messages = clinic.json("--config", str(config), "messages")
-    assert [m["status"] for m in messages if m["channel"] == "sms"] == ["failed"] + ["cancelled"] * 5
+    assert [m["status"] for m in messages if m["channel"] == "sms"] == ["failed"] + ["cancelled"] * 7
     assert {m["status"] for m in messages if m["channel"] == "email"} == {"sent", "pending"}
     later = (datetime.now(UTC) + timedelta(days=60)).isoformat()
     clinic.json("--config", str(config), "send-due", "--now", later)
