@@ -203,15 +203,19 @@ def _patients_of(rows: list[Message]) -> Any:
 
 
 def _table(rows: list[Message], patients: dict[int | None, Patient]) -> None:
-    click.echo(f"{'ID':>5}  {'PATIENT':<8} {'STEP':<13} {'CHANNEL':<7} {'SEND AFTER (local)':<24}"
+    click.echo(f"{'ID':>5}  {'PATIENT':<8} {'STEP':<17} {'CHANNEL':<7} {'SEND AFTER (local)':<24}"
                f" {'STATUS':<9} {'TRIES':>5}  DETAIL")
     for m in rows:
         owner = patients.get(m.patient_id)
         local = m.send_after.astimezone(zone(owner.timezone)) if owner else m.send_after
         when = f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
         detail = " | ".join(part for part in (m.provider_id, m.last_error) if part)
-        click.echo(f"{m.id:>5}  {m.patient_id:<8} {m.step:<13} {m.channel:<7} {when:<24} "
+        click.echo(f"{m.id:>5}  {m.patient_id:<8} {_step_label(m):<17} {m.channel:<7} {when:<24} "
                    f"{m.status:<9} {m.attempts:>5}  {detail}")
+
+
+def _step_label(message: Message) -> str:
+    return f"{message.step} #{message.occurrence}" if message.occurrence else message.step
 
 
 @cli.command("send-due")
@@ -649,7 +653,7 @@ def timeline_command(ctx: click.Context, patient_ident: str, as_json: bool) -> N
             outcome = f"{'+'.join(entry.statuses)} {states.pop()}"
         else:
             outcome = ", ".join(f"{c} {s}" for c, s in entry.statuses.items())
-        notes = f"  ({'; '.join(dict.fromkeys(entry.notes))})" if entry.notes else ""
+        notes = f"  ({entry.note()})" if entry.notes else ""
         click.echo(f"{when}     {entry.label:<22} {outcome}{notes}")
     if not marked:
         click.echo(f"---------- now: {now.astimezone(tz):%a %Y-%m-%d %H:%M} ----------")

@@ -451,7 +451,7 @@ def _apply_row(conn: Connection, app: App, planner: Planner, locales: tuple[str,
             outcome = _Outcome(patient.id, added=True)
         else:
             assert patient.id is not None
-            pass
+            _check_agrees(row, said.get(patient.id, {}))
             outcome = _Outcome(patient.id)
             fields, plan = update_patient(
                 db, planner, patient, PatientChanges(

@@ -23,7 +23,14 @@ class Entry:
     label: str  # "session 2" or the step key
     statuses: dict[str, str] = field(default_factory=dict)  # channel -> status (messages)
     status: str = ""  # sessions
-    notes: list[str] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)  # channel -> why (not sent)
+
+    def note(self) -> str:
+        """Why it was not sent, once when every channel shares the reason."""
+        reasons = set(self.notes.values())
+        if len(reasons) == 1 and len(self.notes) == len(self.statuses):
+            return reasons.pop()
+        return "; ".join(f"{channel}: {why}" for channel, why in self.notes.items())
 
     def as_json(self) -> dict[str, Any]:
         return {"at": self.at.isoformat(), "kind": self.kind, "course_id": self.course_id,
@@ -49,7 +56,7 @@ def timeline(db: DbSession, patient: Patient) -> tuple[list[Course], list[Entry]
         entry = grouped.setdefault(key, Entry(at, "message", m.course_id, m.session_id, label))
         entry.statuses[m.channel] = m.status
         if m.last_error and m.status != MessageStatus.SENT:
-            entry.notes.append(f"{m.channel}: {m.last_error}")
+            entry.notes[m.channel] = m.last_error
     entries += grouped.values()
     entries.sort(key=lambda e: (e.at, e.kind != "session", e.label))
     return courses, entries
