@@ -93,8 +93,10 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
     if course.status != CourseStatus.WITHDRAWN and patient.forgotten_at is None:
         wants = {(w.session.id or 0, w.step.key, w.occurrence, w.channel): w
                  for w in _wanted(planner, protocol, course, patient, sessions)}
+    # Locked so a dispatcher on PostgreSQL (SKIP LOCKED) cannot claim a row this changes;
+    # SQLite's BEGIN IMMEDIATE already serialises the two.
     rows = {(m.session_id, m.step, m.occurrence, m.channel): m for m in db.exec(
-        select(Message).where(Message.course_id == course.id)).all()}
+        select(Message).where(Message.course_id == course.id).with_for_update()).all()}
     tz = zone(patient.timezone)
     changes = PlanChanges()
     for key, want in wants.items():

@@ -44,7 +44,8 @@ def _seed(app: App, future: int, due: int) -> None:
                           " created_at) VALUES (1, 'Bench', '+12125550123', 'b@example.com',"
                           " 'America/New_York', 'en', 'sms,email', :t)"), {"t": stamp})
         conn.execute(text("INSERT INTO course (id, patient_id, treatment, area, sessions_planned,"
-                          " status, created_at) VALUES (1, 1, 'cellulite', '', 6, 'active', :t)"),
+                          " spacing_days, status, created_at)"
+                          " VALUES (1, 1, 'cellulite', '', 6, 7, 'active', :t)"),
                      {"t": stamp})
         rng = random.Random(1)
         sessions, messages = [], []
@@ -62,9 +63,10 @@ def _seed(app: App, future: int, due: int) -> None:
                                   " created_at) VALUES (:id, 1, 1, :at, 'completed', :t)"),
                              sessions)
                 conn.execute(text(
-                    "INSERT INTO message (patient_id, course_id, session_id, step, channel, status,"
-                    " send_after, expires_at, attempts, created_at, updated_at) VALUES"
-                    " (1, 1, :sid, 'first_48h', 'sms', 'pending', :sa, :ex, 0, :t, :t)"), messages)
+                    "INSERT INTO message (patient_id, course_id, session_id, step, occurrence,"
+                    " channel, status, planned_at, send_after, expires_at, attempts, created_at,"
+                    " updated_at) VALUES (1, 1, :sid, 'first_48h', 0, 'sms', 'pending', :sa, :sa,"
+                    " :ex, 0, :t, :t)"), messages)
                 sessions, messages = [], []
 
 
@@ -93,7 +95,7 @@ def bench_claim(sizes: list[int], repeats: int) -> list[tuple[int, float, float]
 
 
 def bench_enroll(patients: int) -> float:
-    """Patients enrolled per second (each plans 14 messages)."""
+    """Patients enrolled per second (each plans 16 messages)."""
     with tempfile.TemporaryDirectory() as folder:
         app = _app(Path(folder))
         planner = app.planner()
@@ -140,7 +142,7 @@ def main() -> None:
     for size, median, p95 in bench_claim(sizes, args.repeats):
         print(f"| {size:,} | {median:.2f} | {p95:.2f} |")
     print(f"\nEnrollment: {bench_enroll(args.patients):.0f} patients/s "
-          f"({args.patients} patients, 14 messages each)")
+          f"({args.patients} patients, 16 messages each)")
     print(f"Dispatch: {bench_dispatch(args.messages):.0f} messages/s on the console channel "
           f"({args.messages} due messages, rendered, sent and recorded one by one)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
