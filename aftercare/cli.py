@@ -689,7 +689,7 @@ def import_command(ctx: click.Context, path: str, skip_invalid: bool, as_json: b
     for problem in report.problems:
         click.echo(f"{'skipped' if skip_invalid else 'error'}: {problem}", err=True)
     if report.problems and not skip_invalid:
-        click.echo(f"error: {len(report.problems)} bad row(s); nothing imported. Fix them, or "
+        click.echo(f"error: {report.bad_rows} bad row(s); nothing imported. Fix them, or "
                    "use --skip-invalid to import the good rows.", err=True)
         sys.exit(EXIT_USER_ERROR)
     if as_json:

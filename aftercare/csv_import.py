@@ -102,11 +102,11 @@ def import_csv(app: App, path: Path, *, skip_invalid: bool = False,
     report: without `skip_invalid` nothing is then written; with it the good rows are
     imported. `on_row(done, total)` is called after each row is applied.
     """
-    lines = _read(path)
+    text = _read(path)
     checker = _Checker(app)
     report = ImportReport()
     good: list[_Row] = []
-    for line, cells in _records(lines, path):
+    for line, cells in _records(text, path):
         report.rows += 1
         row, problems = checker.row(line, cells)
         report.problems.extend(problems)
