@@ -286,6 +286,8 @@ def protocols(ctx: click.Context, as_json: bool) -> None:
     listed = [{"key": p.key, "name": p.name, "region": p.region, "areas": list(p.areas),
                "sessions": p.sessions, "spacing_days": list(p.spacing_days),
                "maintenance": p.maintenance.summary if p.maintenance else None,
+               "maintenance_cadence": [phase.model_dump() for phase in p.maintenance.cadence]
+               if p.maintenance else [],
                "steps": [{"key": s.key, "title": s.title, "timing": describe_timing(s),
                           "valid_for_hours": s.valid_for.total_seconds() / 3600,
                           "channels": list(s.channels), "on_sessions": s.on_sessions}
@@ -300,9 +302,15 @@ def protocols(ctx: click.Context, as_json: bool) -> None:
         sessions = f"{item['sessions']} session{'s' if item['sessions'] != 1 else ''}"
         click.echo(f"  course: {sessions}, {low}-{high} days apart; "
                    f"maintenance: {item['maintenance'] or 'not set'}")
+        if item["maintenance_cadence"]:
+            phases = ", then ".join(
+                f"every {phase['every_days']} days"
+                + (f" x{phase['times']}" if phase["times"] else " up to the horizon")
+                for phase in item["maintenance_cadence"])
+            click.echo(f"  maintenance reminders: {phases}")
         for step in item["steps"]:
             once = "" if step["on_sessions"] == "every" else f", after the {step['on_sessions']} session"
-            click.echo(f"  - {step['key']:<13} {step['timing']}{once}; valid "
+            click.echo(f"  - {step['key']:<16} {step['timing']}{once}; valid "
                        f"{step['valid_for_hours']:g}h; {'+'.join(step['channels'])}")
         click.echo()
 
