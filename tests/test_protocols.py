@@ -76,3 +76,28 @@ def test_good_protocol_loads(tmp_path: Path) -> None:
     assert [p.key for p in book] == ["demo"]
     with pytest.raises(UserError, match="known: demo"):
         book.get("cellulite")
+
+
+def test_maintenance_cadence_runs_to_the_horizon() -> None:
+    maintenance = ProtocolBook.load().get("cellulite").maintenance
+    assert maintenance is not None
+    days = [d.days for d in maintenance.offsets(timedelta(days=365))]
+    assert days == [35, 70, 105, 180, 255, 330]
+    assert maintenance.offsets(timedelta(days=100)) == [timedelta(days=35), timedelta(days=70)]
+    assert maintenance.offsets(timedelta(0)) == []
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('[[steps]]\nkey = "m"\ntitle = "M"\nanchor = "maintenance"\ndays = 0\nat = "10:00"\n'
+     'valid_for = "7d"\n', "needs [maintenance] cadence"),
+    ('[maintenance]\nsummary = "s"\ncadence = [{ every_days = 30 }, { every_days = 60 }]\n',
+     "every cadence phase but the last needs `times`"),
+    ('[[steps]]\nkey = "r"\ntitle = "R"\nanchor = "rebooking"\ndays = 0\nat = "10:00"\n'
+     'valid_for = "3d"\non_sessions = "first"\n', "`on_sessions` only applies"),
+])
+def test_bad_course_settings_name_the_problem(tmp_path: Path, extra: str, message: str) -> None:
+    path = tmp_path / "demo.toml"
+    path.write_text(GOOD + extra, encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        load_protocol(path)
+    assert message in str(caught.value)
