@@ -120,12 +120,15 @@ def test_protocols_json_lists_course_maintenance_and_steps(clinic: Clinic) -> No
     listed = clinic.json("protocols")
     cellulite = next(p for p in listed if p["key"] == "cellulite")
     assert set(cellulite) == {"key", "name", "region", "areas", "sessions", "spacing_days",
-                              "maintenance", "steps"}
+                              "maintenance", "maintenance_cadence", "steps"}
+    assert cellulite["maintenance_cadence"] == [{"every_days": 35, "times": 3},
+                                                {"every_days": 75, "times": None}]
     assert cellulite["steps"][0] == {"key": "first_48h", "title": cellulite["steps"][0]["title"],
                                      "timing": "1h after the session", "valid_for_hours": 16.0,
                                      "channels": ["sms", "email"], "on_sessions": "every"}
     human = clinic.run("protocols").stdout
     assert "cellulite: cellulite mesotherapy" in human and "first_48h" in human
+    assert "maintenance reminders: every 35 days x3, then every 75 days up to the horizon" in human
 
 
 def test_bad_content_folders_are_config_errors(clinic: Clinic) -> None:
