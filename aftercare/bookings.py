@@ -83,6 +83,9 @@ def _course_to_book(db: DbSession, planner: Planner, patient: Patient, course_id
         course = find_course(db, course_id)
         if course.patient_id != patient.id:
             raise UserError("course", f"course {course_id} is not patient {patient.id}'s")
+        if treatment is not None and treatment != course.treatment:
+            raise UserError("treatment", f"course {course_id} is {course.treatment}, not "
+                            f"{treatment}; give one of --course and --treatment")
         if course.status == CourseStatus.WITHDRAWN:
             raise UserError("course", f"course {course_id} was withdrawn; book without "
                             "--course to start a new one (give --treatment)")
@@ -117,7 +120,7 @@ def reschedule(db: DbSession, planner: Planner, session: Session, at: datetime) 
     record(db, now, "session.rescheduled", course.patient_id,
            f"{session.at.isoformat()} -> {at.isoformat()}", course_id=course.id,
            session_id=session.id)
-    session.at = at
+    session.at, session.moves = at, session.moves + 1
     db.add(session)
     db.flush()
     renumber(db, course)

@@ -169,7 +169,8 @@ def enroll(ctx: click.Context, patient_ident: str, treatment: str, session_at: s
                f"session {result.session.number} of {result.course.sessions_planned}. "
                f"{result.created} message(s) planned"
                + (f", {already} already planned." if already else "."))
-    _table(result.messages, {found.id: found})
+    _table(result.messages, {found.id: found},
+           {result.course.id: result.course.treatment}, app)
 
 
 @cli.command()
@@ -188,12 +189,13 @@ def messages(ctx: click.Context, patient_ident: str | None, status: str | None,
         patient_id = find_patient(db, patient_ident).id if patient_ident else None
         rows = list_messages(db, patient_id=patient_id, status=status)
         patients = {p.id: p for p in db.exec(_patients_of(rows)).all()} if rows else {}
+        treatments = _treatments_of(db, rows)
     if as_json:
         _emit([message_json(m) for m in rows])
     elif not rows:
         click.echo("No messages.")
     else:
-        _table(rows, patients)
+        _table(rows, patients, treatments, app)
 
 
 def _patients_of(rows: list[Message]) -> Any:
@@ -202,7 +204,19 @@ def _patients_of(rows: list[Message]) -> Any:
     return select(Patient).where(col(Patient.id).in_({m.patient_id for m in rows}))
 
 
-def _table(rows: list[Message], patients: dict[int | None, Patient]) -> None:
+def _treatments_of(db: Any, rows: list[Message]) -> dict[int | None, str]:
+    from sqlmodel import col, select
+
+    from aftercare.models import Course
+
+    ids = {m.course_id for m in rows}
+    return {c.id: c.treatment for c in db.exec(select(Course).where(col(Course.id).in_(ids)))}
+
+
+def _table(rows: list[Message], patients: dict[int | None, Patient],
+           treatments: dict[int | None, str], app: App) -> None:
+    from aftercare.timeline import step_label
+
     click.echo(f"{'ID':>5}  {'PATIENT':<8} {'STEP':<17} {'CHANNEL':<7} {'SEND AFTER (local)':<24}"
                f" {'STATUS':<9} {'TRIES':>5}  DETAIL")
     for m in rows:
@@ -210,12 +224,9 @@ def _table(rows: list[Message], patients: dict[int | None, Patient]) -> None:
         local = m.send_after.astimezone(zone(owner.timezone)) if owner else m.send_after
         when = f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
         detail = " | ".join(part for part in (m.provider_id, m.last_error) if part)
-        click.echo(f"{m.id:>5}  {m.patient_id:<8} {_step_label(m):<17} {m.channel:<7} {when:<24} "
+        label = step_label(m, treatments.get(m.course_id, ""), app.protocols)
+        click.echo(f"{m.id:>5}  {m.patient_id:<8} {label:<17} {m.channel:<7} {when:<24} "
                    f"{m.status:<9} {m.attempts:>5}  {detail}")
-
-
-def _step_label(message: Message) -> str:
-    return f"{message.step} #{message.occurrence}" if message.occurrence else message.step
 
 
 @cli.command("send-due")
@@ -630,7 +641,7 @@ def timeline_command(ctx: click.Context, patient_ident: str, as_json: bool) -> N
     now = app.clock()
     with app.db() as db:
         found = find_patient(db, patient_ident)
-        courses, entries = timeline(db, found)
+        courses, entries = timeline(db, found, app.protocols)
     if as_json:
         _emit({"patient_id": found.id, "courses": [
             {"id": c.id, "treatment": c.treatment, "status": c.status,

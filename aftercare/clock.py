@@ -35,6 +35,9 @@ def parse_time(text: str, default_tz: ZoneInfo, field: str) -> datetime:
             field, f"'{text}' is not an ISO 8601 time; write e.g. 2026-11-22T14:30 or "
             "2026-11-22T14:30-05:00"
         ) from None
+    if not 2000 <= moment.year <= 2100:
+        raise UserError(field, f"'{text}' is not a plausible date; write a year between 2000 "
+                        "and 2100")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=default_tz)
     return moment.astimezone(UTC)

@@ -306,10 +306,10 @@ class _Checker:
         number = None
         if cells["session_number"]:
             text = cells["session_number"]
-            if not text.isdigit():
+            if not (text.isascii() and text.isdigit()):
                 bad("session_number", f"'{text}' is not a whole number; write 1, 2, 3...")
-            elif int(text) < 1:
-                bad("session_number", "must be 1 or more")
+            elif not 1 <= int(text) <= 500:
+                bad("session_number", "must be between 1 and 500")
             else:
                 number = int(text)
         if session_at is None or not treatment:

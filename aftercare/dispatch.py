@@ -204,7 +204,9 @@ class Dispatcher:
             step = self.protocols.get(course.treatment).step(step_key)
         except (UserError, KeyError):
             return False
-        if not step.skip_if_later_session:
+        # Nudges to book and maintenance reminders are moot once a later visit exists,
+        # whatever the protocol says (a claim that outlived the booking comes back here).
+        if not (step.skip_if_later_session or step.anchor in ("rebooking", "maintenance")):
             return False
         return db.exec(select(Session.id).where(
             Session.course_id == course.id, Session.at > session.at,

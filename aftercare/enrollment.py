@@ -95,10 +95,10 @@ def _check_visit(visit: SessionVisit, now: datetime) -> None:
                         "(a booked one goes in --next-session-at)")
     if visit.next_session_at is not None and visit.next_session_at <= visit.session_at:
         raise UserError("next-session-at", "must be after --session-at")
-    if visit.sessions_planned is not None and visit.sessions_planned < 1:
-        raise UserError("sessions-planned", "must be 1 or more")
-    if visit.session_number is not None and visit.session_number < 1:
-        raise UserError("session-number", "must be 1 or more")
+    if visit.sessions_planned is not None and not 1 <= visit.sessions_planned <= 50:
+        raise UserError("sessions-planned", "must be between 1 and 50")
+    if visit.session_number is not None and not 1 <= visit.session_number <= 500:
+        raise UserError("session-number", "must be between 1 and 500")
     if visit.spacing_days is not None and not 1 <= visit.spacing_days <= 365:
         raise UserError("spacing-days", "must be between 1 and 365")
 
@@ -153,17 +153,26 @@ def _completed_session(db: DbSession, course: Course, visit: SessionVisit, now: 
         raise UserError("session-at", f"session {session.id} at that time was cancelled; "
                         "enroll with the time the patient actually came")
     if session is None:
-        before = db.exec(select(Session).where(
+        # A booking whose time has passed is this visit, moved (the patient came another
+        # day); otherwise the visit is new. `renumber` gives it its place in the course.
+        session = db.exec(select(Session).where(
             Session.course_id == course.id, Session.at < visit.session_at,
-            col(Session.status).in_(LIVE_SESSIONS)).order_by(col(Session.at).desc())).first()
-        session = Session(course_id=course.id, number=before.number + 1 if before else 1,
-                          at=visit.session_at, created_at=now)
+            Session.status == SessionStatus.BOOKED).order_by(col(Session.at).desc())).first()
+        if session is not None:
+            record(db, now, "session.rescheduled", course.patient_id,
+                   f"{session.at.isoformat()} -> {visit.session_at.isoformat()} (came then)",
+                   course_id=course.id, session_id=session.id)
+            session.at, session.moves = visit.session_at, session.moves + 1
+        else:
+            session = Session(course_id=course.id, number=0, at=visit.session_at,
+                              created_at=now)
     if visit.session_number is not None:
-        session.number = visit.session_number
+        session.number, session.number_fixed = visit.session_number, True
     if session.status != SessionStatus.COMPLETED:
         session.status = SessionStatus.COMPLETED
         db.add(session)
         db.flush()
+        renumber(db, course)
         record(db, now, "session.completed", course.patient_id, f"session {session.number}",
                course_id=course.id, session_id=session.id)
     return session
@@ -194,7 +203,7 @@ def _booked_session(
         record(db, now, "session.rescheduled", course.patient_id,
                f"{moved.at.isoformat()} -> {at.isoformat()} (enrollment)",
                course_id=course.id, session_id=moved.id)
-        moved.at = at
+        moved.at, moved.moves = at, moved.moves + 1
         db.add(moved)
         db.flush()
         return moved
@@ -214,12 +223,12 @@ def session_at(db: DbSession, course: Course, at: datetime) -> Session | None:
 
 
 def renumber(db: DbSession, course: Course) -> None:
-    """Booked sessions take the numbers after the visits before them; done ones keep theirs."""
+    """Sessions are numbered in time order; a number staff gave is kept and counted on from."""
     previous = 0
     for session in db.exec(select(Session).where(
             Session.course_id == course.id, col(Session.status).in_(LIVE_SESSIONS))
             .order_by(col(Session.at))).all():
-        if session.status == SessionStatus.BOOKED and session.number != previous + 1:
+        if not session.number_fixed and session.number != previous + 1:
             session.number = previous + 1
             db.add(session)
         previous = session.number

@@ -127,7 +127,11 @@ class Session(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     course_id: int = Field(foreign_key="course.id", index=True)
     number: int
+    number_fixed: bool = False  # given by staff (--session-number): renumbering keeps it
     at: datetime = Field(sa_column=_utc())
+    # Times moved; reminders of each new time are new messages (those of the old time may
+    # have gone), numbered by this in Message.occurrence.
+    moves: int = 0
     status: str = Field(default=SessionStatus.BOOKED, max_length=16)
     created_at: datetime = Field(sa_column=_utc())
 

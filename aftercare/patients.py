@@ -103,6 +103,8 @@ def _name(text: str) -> str:
     name = text.strip()
     if not name:
         raise UserError("name", "must not be empty")
+    if len(name) > 200:
+        raise UserError("name", "is longer than 200 characters")
     return name
 
 
@@ -115,6 +117,8 @@ def _locale(locale: str, locales: tuple[str, ...]) -> str:
 
 def _free_ref(db: DbSession, text: str | None, patient_id: int | None) -> str | None:
     ref = text.strip() if text else None
+    if ref and len(ref) > 64:
+        raise UserError("ref", "is longer than 64 characters")
     if ref:
         taken = db.exec(select(Patient).where(Patient.ref == ref)).first()
         if taken is not None and taken.id != patient_id:
@@ -158,7 +162,8 @@ def update_patient(db: DbSession, planner: Planner, patient: Patient, changes: P
     if changes.ref is not None:
         new["ref"] = _free_ref(db, changes.ref, patient.id)
     phone, email = new.get("phone", patient.phone), new.get("email", patient.email)
-    new["channels"] = parse_channels(changes.channels or patient.channels, phone, email)
+    channels = patient.channels if changes.channels is None else changes.channels
+    new["channels"] = parse_channels(channels, phone, email)
     changed = [name for name, value in new.items() if getattr(patient, name) != value]
     if not changed:
         return [], PlanChanges()

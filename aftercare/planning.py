@@ -97,11 +97,15 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
     # SQLite's BEGIN IMMEDIATE already serialises the two.
     rows = {(m.session_id, m.step, m.occurrence, m.channel): m for m in db.exec(
         select(Message).where(Message.course_id == course.id).with_for_update()).all()}
+    _follow_moves(rows, sessions, protocol)
     tz = zone(patient.timezone)
     changes = PlanChanges()
     for key, want in wants.items():
         row = rows.get(key)
-        window = _window(want, tz, planner.quiet, now)
+        # A cancelled message comes back only inside its own window: a 48-hour check
+        # revived on day 4 would be stale.
+        window = _window(want, tz, planner.quiet, now,
+                         keep_window=row is not None and row.status == MessageStatus.CANCELLED)
         if row is None:
             if window is None:
                 continue  # its time has passed: planned late, it would only be noise
@@ -146,6 +150,20 @@ def replan_patient(db: DbSession, planner: Planner, patient: Patient,
     return changes
 
 
+def _follow_moves(rows: dict[Key, Message], sessions: list[Session],
+                  protocol: Protocol) -> None:
+    """Pending reminders of a session that moved become the reminders of its new time."""
+    moves = {s.id: s.moves for s in sessions}
+    anchored = {step.key for step in protocol.steps_for("next_session")}
+    for key, row in list(rows.items()):
+        current = moves.get(row.session_id, 0)
+        if row.status == MessageStatus.PENDING and row.step in anchored \
+                and row.occurrence < current:
+            del rows[key]
+            row.occurrence = current
+            rows[(row.session_id, row.step, current, row.channel)] = row
+
+
 def _settle_status(course: Course, sessions: Iterable[Session]) -> None:
     """A course is completed once its planned sessions are done; maintenance then follows."""
     if course.status == CourseStatus.WITHDRAWN:
@@ -174,7 +192,7 @@ def _wanted(planner: Planner, protocol: Protocol, course: Course, patient: Patie
                  if s.applies_to(session.number, course.sessions_planned)]
         yield from each(session, steps, session.at)
     for session in booked:
-        yield from each(session, protocol.steps_for("next_session"), session.at)
+        yield from each(session, protocol.steps_for("next_session"), session.at, session.moves)
     if not completed:
         return
     last = completed[-1]
@@ -189,9 +207,12 @@ def _wanted(planner: Planner, protocol: Protocol, course: Course, patient: Patie
                             occurrence)
 
 
-def _window(want: _Want, tz: ZoneInfo, quiet: QuietHours,
-            now: datetime) -> tuple[datetime, datetime] | None:
-    """(send_after, expires_at) for a wanted message, or None when it is too late for it."""
+def _window(want: _Want, tz: ZoneInfo, quiet: QuietHours, now: datetime, *,
+            keep_window: bool = False) -> tuple[datetime, datetime] | None:
+    """(send_after, expires_at) for a wanted message, or None when it is too late for it.
+
+    `keep_window`: never past the step's own window (for a message brought back).
+    """
     step = want.step
     first = quiet.next_allowed(want.planned_at, tz)
     if first + step.valid_for <= now:
@@ -200,6 +221,8 @@ def _window(want: _Want, tz: ZoneInfo, quiet: QuietHours,
     # with a full window from now.
     send_after = quiet.next_allowed(max(first, now), tz)
     expires_at = send_after + step.valid_for
+    if keep_window:
+        expires_at = min(expires_at, first + step.valid_for)
     if step.anchor == "next_session":
         # A reminder of a session is worthless once the session has begun.
         expires_at = min(expires_at, want.session.at)

@@ -9,7 +9,18 @@ from typing import Any
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
+from aftercare.errors import UserError
 from aftercare.models import Course, Message, MessageStatus, Patient, Session
+from aftercare.protocols import ProtocolBook
+
+
+def step_label(message: Message, treatment: str, protocols: ProtocolBook) -> str:
+    """The step's key, numbered within a maintenance series ("maintenance #2")."""
+    try:
+        series = protocols.get(treatment).step(message.step).anchor == "maintenance"
+    except (UserError, KeyError):
+        series = False
+    return f"{message.step} #{message.occurrence}" if series else message.step
 
 
 @dataclass
@@ -39,11 +50,13 @@ class Entry:
                 "notes": self.notes}
 
 
-def timeline(db: DbSession, patient: Patient) -> tuple[list[Course], list[Entry]]:
+def timeline(db: DbSession, patient: Patient,
+             protocols: ProtocolBook) -> tuple[list[Course], list[Entry]]:
     """The patient's courses and every session and message, in time order."""
     courses = list(db.exec(select(Course).where(Course.patient_id == patient.id)
                            .order_by(col(Course.id))).all())
     ids = [c.id for c in courses]
+    treatments = {c.id: c.treatment for c in courses}
     entries = [Entry(s.at, "session", s.course_id, s.id or 0, f"session {s.number}",
                      status=s.status)
                for s in db.exec(select(Session).where(col(Session.course_id).in_(ids))).all()]
@@ -51,7 +64,7 @@ def timeline(db: DbSession, patient: Patient) -> tuple[list[Course], list[Entry]
     for m in db.exec(select(Message).where(Message.patient_id == patient.id)
                      .order_by(col(Message.id))).all():
         at = m.sent_at if m.status == MessageStatus.SENT and m.sent_at else m.send_after
-        label = m.step if not m.occurrence else f"{m.step} #{m.occurrence}"
+        label = step_label(m, treatments[m.course_id], protocols)
         key = (m.session_id, label, m.course_id, at.replace(second=0, microsecond=0))
         entry = grouped.setdefault(key, Entry(at, "message", m.course_id, m.session_id, label))
         entry.statuses[m.channel] = m.status

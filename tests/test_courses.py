@@ -73,7 +73,7 @@ class Walk:
         rows = self.clinic.rows(f"SELECT {time_column}, step, occurrence, last_error "
                                 f"FROM message WHERE {where} ORDER BY {time_column}, id")
         return [(f"{_local(moment):%Y-%m-%d %H:%M}",
-                 f"{step} #{occurrence}" if occurrence else step, error)
+                 f"{step} #{occurrence}" if step == "maintenance" else step, error)
                 for moment, step, occurrence, error in rows]
 
     def sent(self, channel: str = "sms") -> list[tuple[str, str]]:

@@ -378,8 +378,9 @@ def test_send_time_check_drops_a_maintenance_reminder_the_plan_did_not_see(
     out = clinic.json("--now", "2026-03-02T11:00-05:00", "enroll", "A1", "--treatment",
                       "hyaluronic-acid", "--session-at", "2026-03-02T10:30")
     first = min(utc(m["send_after"]) for m in out["messages"] if m["step"] == "maintenance")
-    clinic.rows("INSERT INTO session (course_id, number, at, status, created_at) VALUES "
-                "(1, 2, '2026-04-06 14:30:00', 'booked', '2026-03-20 15:00:00')")
+    clinic.rows("INSERT INTO session (course_id, number, number_fixed, at, moves, status, created_at) "
+                "VALUES "
+                "(1, 2, 0, '2026-04-06 14:30:00', 0, 'booked', '2026-03-20 15:00:00')")
     counts = clinic.app(console=io.StringIO()).dispatcher().run_once(first)
     assert (counts.sent, counts.cancelled) == (0, 1)
     assert clinic.rows("SELECT status, last_error FROM message WHERE step = 'maintenance' "

@@ -169,7 +169,7 @@ BAD_ROWS = [
     ("LUM-3,Ann Bee,+12125550188,,,,,cellulite,,2026-03-02T09:00,two,", "session_number",
      "'two' is not a whole number"),
     ("LUM-3,Ann Bee,+12125550188,,,,,cellulite,,2026-03-02T09:00,0,", "session_number",
-     "must be 1 or more"),
+     "must be between 1 and 500"),
     ("LUM-3,Ann Bee,+12125550188,,,,,cellulite,,2026-03-02T09:00,,2026-03-01T09:00",
      "next_session_at", "must be after session_at"),
     ("LUM-3,Ann Bee,+12125550188,,,,,cellulite,,2026-03-02T09:00,,next week",

@@ -27,6 +27,15 @@ def upgrade() -> None:
     with op.batch_alter_table('course', schema=None) as batch_op:
         batch_op.alter_column('spacing_days', server_default=None)
 
+    with op.batch_alter_table('session', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('number_fixed', sa.Boolean(), nullable=False,
+                                      server_default=sa.false()))
+        batch_op.add_column(sa.Column('moves', sa.Integer(), nullable=False,
+                                      server_default='0'))
+    with op.batch_alter_table('session', schema=None) as batch_op:
+        batch_op.alter_column('number_fixed', server_default=None)
+        batch_op.alter_column('moves', server_default=None)
+
     with op.batch_alter_table('message', schema=None) as batch_op:
         batch_op.add_column(sa.Column('occurrence', sa.Integer(), nullable=False,
                                       server_default='0'))
@@ -68,6 +77,9 @@ def downgrade() -> None:
                                           ['session_id', 'step', 'channel'])
         batch_op.drop_column('planned_at')
         batch_op.drop_column('occurrence')
+    with op.batch_alter_table('session', schema=None) as batch_op:
+        batch_op.drop_column('moves')
+        batch_op.drop_column('number_fixed')
     with op.batch_alter_table('course', schema=None) as batch_op:
         batch_op.drop_column('spacing_days')
     with op.batch_alter_table('patient', schema=None) as batch_op:
