@@ -26,6 +26,11 @@ def zone(name: str, field: str = "timezone") -> ZoneInfo:
         ) from None
 
 
+def iso(moment: datetime | None) -> str | None:
+    """A stored time as ISO 8601 for JSON output, None staying None."""
+    return moment.isoformat() if moment is not None else None
+
+
 def parse_time(text: str, default_tz: ZoneInfo, field: str) -> datetime:
     """An ISO 8601 time in UTC; a time without an offset is read in `default_tz`."""
     try:

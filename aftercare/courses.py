@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from sqlmodel import Session as DbSession
-from sqlmodel import col, select
 
 from aftercare.bookings import session_json
 from aftercare.history import record
-from aftercare.models import Course, CourseStatus, Session, SessionStatus
-from aftercare.planning import PlanChanges, Planner, replan
-
-
-def sessions_of(db: DbSession, course: Course) -> list[Session]:
-    """The course's sessions in time order, whatever their status."""
-    return list(db.exec(select(Session).where(Session.course_id == course.id)
-                        .order_by(col(Session.at))).all())
+from aftercare.models import Course, CourseStatus, SessionStatus
+from aftercare.planning import PlanChanges, Planner, replan, sessions_of
 
 
 def course_json(db: DbSession, course: Course) -> dict[str, object]:

@@ -217,12 +217,14 @@ class Dispatcher:
                 session: Session) -> Rendered:
         protocol = self.protocols.get(course.treatment)
         step = protocol.step(message.step)
-        done = db.exec(select(Session)
-                       .where(Session.course_id == course.id, Session.at <= session.at,
-                              Session.status == SessionStatus.COMPLETED)
-                       .order_by(col(Session.at).desc())).first()
+        # Aftercare, nudges and maintenance are anchored on a completed session already.
+        done: Session | None = session
         next_session: Session | None = None
         if step.anchor == "next_session":
+            done = db.exec(select(Session)
+                           .where(Session.course_id == course.id, Session.at < session.at,
+                                  Session.status == SessionStatus.COMPLETED)
+                           .order_by(col(Session.at).desc())).first()
             # A reminder of a booked session speaks of it and of the last session done.
             next_session, session = session, done or session
         elif step.anchor == "session":

@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session as DbSession
 from sqlmodel import col, func, select
 
+from aftercare.clock import iso
 from aftercare.models import Message, MessageStatus
 
 
@@ -30,17 +31,13 @@ def message_json(message: Message) -> dict[str, Any]:
         "patient_id": message.patient_id,
         "step": message.step,
         "channel": message.channel,
-        "send_after": _iso(message.send_after),
+        "send_after": iso(message.send_after),
         "status": message.status,
         "attempts": message.attempts,
         "provider_id": message.provider_id,
         "last_error": message.last_error,
-        "sent_at": _iso(message.sent_at),
+        "sent_at": iso(message.sent_at),
     }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment is not None else None
 
 
 def next_due(engine: Engine) -> datetime | None:

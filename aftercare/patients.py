@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime
 from typing import Any
 
 import phonenumbers
@@ -11,7 +10,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
-from aftercare.clock import Clock, zone
+from aftercare.clock import Clock, iso, zone
 from aftercare.errors import UserError
 from aftercare.history import record
 from aftercare.models import Course, Patient
@@ -207,18 +206,14 @@ def patient_json(db: DbSession, patient: Patient) -> dict[str, Any]:
         **{f.name: getattr(patient, f.name) for f in fields(NewPatient) if f.name != "channels"},
         "id": patient.id,
         "channels": patient.channel_list,
-        "opted_out": {c: _iso(getattr(patient, f"{c}_opted_out_at")) for c in CHANNELS},
-        "invalid": {"phone": _iso(patient.phone_invalid_at),
-                    "email": _iso(patient.email_invalid_at)},
+        "opted_out": {c: iso(getattr(patient, f"{c}_opted_out_at")) for c in CHANNELS},
+        "invalid": {"phone": iso(patient.phone_invalid_at),
+                    "email": iso(patient.email_invalid_at)},
         "reachable": {c: patient.unreachable_reason(c) is None for c in CHANNELS},
-        "forgotten_at": _iso(patient.forgotten_at),
-        "created_at": _iso(patient.created_at),
+        "forgotten_at": iso(patient.forgotten_at),
+        "created_at": iso(patient.created_at),
         "courses": [{"id": c.id, "treatment": c.treatment, "status": c.status} for c in courses],
     }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment is not None else None
 
 
 def find_patient(db: DbSession, ident: str) -> Patient:

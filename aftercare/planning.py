@@ -84,8 +84,7 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
     now = planner.clock()
     patient = db.get(Patient, course.patient_id)
     assert patient is not None
-    sessions = list(db.exec(select(Session).where(Session.course_id == course.id)
-                            .order_by(col(Session.at))).all())
+    sessions = sessions_of(db, course)
     protocol = planner.protocols.get(course.treatment)
     _settle_status(course, sessions)
     db.add(course)
@@ -138,6 +137,12 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
     db.flush()
     _record(db, course, changes, reason, now)
     return changes
+
+
+def sessions_of(db: DbSession, course: Course) -> list[Session]:
+    """The course's sessions in time order, whatever their status."""
+    return list(db.exec(select(Session).where(Session.course_id == course.id)
+                        .order_by(col(Session.at))).all())
 
 
 def replan_patient(db: DbSession, planner: Planner, patient: Patient,
