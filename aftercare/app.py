@@ -87,10 +87,12 @@ class App:
 
     @contextmanager
     def db(self) -> Iterator[DbSession]:
-        """A database session on a schema this release understands."""
+        """One unit of work on a schema this release understands: committed if the block
+        ends normally, rolled back if it raises (library functions never commit)."""
         require_schema(self.engine)
         with DbSession(self.engine, expire_on_commit=False) as session:
             yield session
+            session.commit()
 
     def planner(self) -> Planner:
         messaging = self.settings.messaging

@@ -73,7 +73,6 @@ def book(db: DbSession, planner: Planner, patient: Patient, at: datetime, *,
     record(db, now, "session.booked", patient.id, f"session {session.number}",
            course_id=course.id, session_id=session.id)
     changes = replan(db, planner, course, f"session {session.number} booked")
-    db.commit()
     return Booking(session, course, changes)
 
 
@@ -125,7 +124,6 @@ def reschedule(db: DbSession, planner: Planner, session: Session, at: datetime) 
     db.flush()
     renumber(db, course)
     changes = replan(db, planner, course, f"session {session.number} rescheduled")
-    db.commit()
     return Booking(session, course, changes)
 
 
@@ -149,7 +147,6 @@ def cancel(db: DbSession, planner: Planner, session: Session, reason: str | None
            course_id=course.id, session_id=session.id)
     changes = replan(db, planner, course, f"session {session.number} {what}")
     renumber(db, course)
-    db.commit()
     return Booking(session, course, changes)
 
 

@@ -32,6 +32,4 @@ def withdraw(db: DbSession, planner: Planner, course: Course,
                    f"session {session.number}: course withdrawn", course_id=course.id,
                    session_id=session.id)
     record(db, now, "course.withdrawn", course.patient_id, reason or "", course_id=course.id)
-    changes = replan(db, planner, course, "course withdrawn")
-    db.commit()
-    return changes
+    return replan(db, planner, course, "course withdrawn")

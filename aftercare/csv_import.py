@@ -463,6 +463,7 @@ def _apply_row(conn: Connection, app: App, planner: Planner, locales: tuple[str,
         enrollment = enroll(db, planner, patient, row.visit)
         outcome.planned += enrollment.created
         outcome.changed = changed()
+        db.commit()  # releases this row's savepoint; the file's transaction decides
         return outcome
 
 

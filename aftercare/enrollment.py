@@ -79,7 +79,6 @@ def enroll(db: DbSession, planner: Planner, patient: Patient, visit: SessionVisi
     messages = list(db.exec(select(Message).where(
         col(Message.session_id).in_(anchors), Message.status != MessageStatus.CANCELLED)
         .order_by(col(Message.send_after), col(Message.id))).all())
-    db.commit()
     return Enrollment(course=course, session=session, next_session=next_session,
                       messages=messages, changes=changes)
 

@@ -93,8 +93,7 @@ def add_patient(
     patient = Patient(name=name, phone=phone, email=email, timezone=timezone, locale=locale,
                       channels=channels, ref=ref, created_at=clock())
     db.add(patient)
-    db.commit()
-    db.refresh(patient)
+    db.flush()  # the id, for the caller's output; the caller commits
     return patient
 
 
@@ -176,7 +175,6 @@ def update_patient(db: DbSession, planner: Planner, patient: Patient, changes: P
     db.add(patient)
     record(db, now, "patient.updated", patient.id, ", ".join(changed))
     plan = replan_patient(db, planner, patient, f"patient updated ({', '.join(changed)})")
-    db.commit()
     return changed, plan
 
 
@@ -194,7 +192,6 @@ def set_opt_out(db: DbSession, planner: Planner, patient: Patient, channel: str,
     what = f"patient opted {'out of' if opted_out else 'back in to'} {channel}"
     record(db, now, f"patient.{'opted_out' if opted_out else 'opted_in'}", patient.id, channel)
     plan = replan_patient(db, planner, patient, what)
-    db.commit()
     return plan
 
 

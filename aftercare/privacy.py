@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlmodel import Session as DbSession
 from sqlmodel import col
 
@@ -30,6 +30,8 @@ def forget(db: DbSession, planner: Planner, patient: Patient) -> PlanChanges:
             .values(body=None, subject=None, provider_id=None, last_error=None))
     db.exec(update(Event).where(col(Event.patient_id) == patient.id).values(detail=""))
     record(db, now, "patient.forgotten", patient.id)
-    db.commit()
-    flush_to_disk(db.get_bind())  # type: ignore[arg-type]
+    # The erased values stay in SQLite's write-ahead log until a checkpoint, which cannot
+    # run inside the caller's transaction: it runs once the caller has committed.
+    engine = db.get_bind()
+    event.listen(db, "after_commit", lambda _session: flush_to_disk(engine), once=True)
     return plan

@@ -1,13 +1,16 @@
-"""A fake Twilio REST server (Messages resource only) that validates requests against Twilio's OpenAPI spec.
+"""A fake Twilio REST server (Messages resource only) that validates requests against Twilio's API contract.
 
 The real ``twilio`` client talks to it over HTTP once pointed at it with ``client.api.base_url = fake.url``
-(or ``fake.attach(client)``); every request is checked against ``../shared/twilio-oai/twilio_api_v2010.json``.
+(or ``fake.attach(client)``); every request is checked against the table in twilio_contract.py, copied from
+Twilio's OpenAPI spec. The fake never reads the spec; a test compares the two if ../shared/twilio-oai exists.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import copy
+import dataclasses
 import email.utils
 import functools
 import json
@@ -26,10 +29,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from . import twilio_contract
+
 if TYPE_CHECKING:
     from twilio.rest import Client
 
-SPEC_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "twilio-oai" / "twilio_api_v2010.json"
 MESSAGES_PATH = "/2010-04-01/Accounts/{AccountSid}/Messages.json"
 MESSAGE_SCHEMA = "api.v2010.account.message"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -53,13 +57,30 @@ _GSM_EXTENSION = frozenset("^{}\\[~]|\u20ac\f")
 # ---------------------------------------------------------------------------------------------- the contract
 
 
+# Only needed to check the table in twilio_contract.py against the spec (test_fake_twilio.py); CI has it.
+SPEC_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "twilio-oai" / "twilio_api_v2010.json"
+# The schema keywords the fake reads (_value_problems; nullable for the shape of returned messages). Schemas
+# in a Contract keep only these, so the table and the spec compare equal; add a keyword when the fake uses it.
+CONTRACT_KEYWORDS = (
+    "type",
+    "format",
+    "nullable",
+    "enum",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+)
+
+
 @functools.cache
 def load_spec(path: Path = SPEC_PATH) -> dict[str, Any]:
     """Load Twilio's OpenAPI description; raise loudly when the shared checkout is missing."""
     if not path.is_file():
         raise RuntimeError(
-            f"Twilio OpenAPI spec not found at {path}. The tests need the shared data checkout next to the "
-            "repository (../shared/twilio-oai/twilio_api_v2010.json); see ../shared/twilio-oai/README.md."
+            f"Twilio OpenAPI spec not found at {path}. Only the check of twilio_contract.py needs it: the "
+            "shared data checkout next to the repository (../shared/twilio-oai/twilio_api_v2010.json)."
         )
     spec: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return spec
@@ -67,15 +88,35 @@ def load_spec(path: Path = SPEC_PATH) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Contract:
-    """The parts of the spec the fake enforces, read once from the OpenAPI document."""
+    """The parts of the Messages API the fake enforces; every schema cut down to CONTRACT_KEYWORDS."""
 
-    spec: dict[str, Any]
-    create_fields: dict[str, dict[str, Any]]  # form field -> resolved schema (POST requestBody)
+    create_fields: dict[str, dict[str, Any]]  # form field -> schema (POST requestBody)
     create_required: tuple[str, ...]
-    list_params: dict[str, dict[str, Any]]  # query parameter -> resolved schema (GET)
-    message_keys: tuple[str, ...]  # properties of api.v2010.account.message
+    list_params: dict[str, dict[str, Any]]  # query parameter -> schema (GET)
+    message_properties: dict[str, dict[str, Any]]  # property -> schema (api.v2010.account.message)
     list_keys: tuple[str, ...]  # properties of the list response
-    status_enum: tuple[str, ...]
+
+    @property
+    def message_keys(self) -> tuple[str, ...]:
+        """The keys of every message the fake returns, in the spec's order."""
+        return tuple(self.message_properties)
+
+    @property
+    def status_enum(self) -> tuple[str, ...]:
+        """The message statuses Twilio defines."""
+        return tuple(self.message_properties["status"]["enum"])
+
+    @classmethod
+    def from_table(cls) -> Contract:
+        """The contract as copied into twilio_contract.py (what the fake uses)."""
+        table = twilio_contract
+        return cls(  # copies, so a test that edits its contract cannot change the module's table
+            create_fields=copy.deepcopy(table.CREATE_FIELDS),
+            create_required=table.CREATE_REQUIRED,
+            list_params=copy.deepcopy(table.LIST_PARAMS),
+            message_properties=copy.deepcopy(table.MESSAGE_PROPERTIES),
+            list_keys=table.LIST_KEYS,
+        )
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Contract:
@@ -84,26 +125,61 @@ class Contract:
         body = path["post"]["requestBody"]["content"][FORM_CONTENT_TYPE]["schema"]
         listing = path["get"]["responses"]["200"]["content"]["application/json"]["schema"]
         message = spec["components"]["schemas"][MESSAGE_SCHEMA]
-        resolve = functools.partial(_resolve, spec)
+
+        def schema(raw: dict[str, Any]) -> dict[str, Any]:
+            return _enforced(_resolve(spec, raw))
+
         return cls(
-            spec=spec,
-            create_fields={name: resolve(schema) for name, schema in body["properties"].items()},
+            create_fields={name: schema(raw) for name, raw in body["properties"].items()},
             create_required=tuple(body.get("required", ())),
             list_params={
-                p["name"]: resolve(p.get("schema", {}))
+                p["name"]: schema(p.get("schema", {}))
                 for p in path["get"]["parameters"]
                 if p["in"] == "query"
             },
-            message_keys=tuple(message["properties"]),
+            message_properties={name: schema(raw) for name, raw in message["properties"].items()},
             list_keys=tuple(listing["properties"]),
-            status_enum=tuple(resolve(message["properties"]["status"])["enum"]),
         )
 
 
 @functools.cache
-def contract(path: Path = SPEC_PATH) -> Contract:
-    """The Messages contract from the spec at ``path`` (cached)."""
+def contract() -> Contract:
+    """The Messages contract the fake enforces: the table in twilio_contract.py (cached)."""
+    return Contract.from_table()
+
+
+@functools.cache
+def spec_contract(path: Path = SPEC_PATH) -> Contract:
+    """The Messages contract extracted from the spec at ``path`` (cached); needs the shared checkout."""
     return Contract.from_spec(load_spec(path))
+
+
+def contract_drift(table: Contract, spec: Contract) -> list[str]:
+    """How ``table`` differs from ``spec``, one line per difference; empty when they agree."""
+    found: list[str] = []
+    for part in dataclasses.fields(Contract):  # every part, so a newly extracted one is compared too
+        mine, theirs = getattr(table, part.name), getattr(spec, part.name)
+        if isinstance(mine, dict):
+            found += [f"{part.name}[{k!r}] is in the spec, not in the table" for k in theirs if k not in mine]
+            found += [f"{part.name}[{k!r}] is in the table, not in the spec" for k in mine if k not in theirs]
+            found += [
+                f"{part.name}[{k!r}]: the table has {mine[k]}, the spec {theirs[k]}"
+                for k in mine
+                if k in theirs and mine[k] != theirs[k]
+            ]
+        elif mine != theirs:
+            found.append(f"{part.name}: the table has {mine}, the spec {theirs}")
+    return found
+
+
+def _enforced(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with only the keywords the fake uses (CONTRACT_KEYWORDS, items, x-twilio.ignoreFormat)."""
+    kept = {key: schema[key] for key in CONTRACT_KEYWORDS if key in schema}
+    if "items" in schema:
+        kept["items"] = _enforced(schema["items"])
+    if schema.get("x-twilio", {}).get("ignoreFormat"):
+        kept["x-twilio"] = {"ignoreFormat": True}
+    return kept
 
 
 def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -269,9 +345,9 @@ class _Abort(Exception):
 class FakeTwilio:
     """A real HTTP server on 127.0.0.1 speaking the Messages part of Twilio's 2010-04-01 REST API."""
 
-    def __init__(self, clock: Callable[[], datetime] | None = None, spec_path: Path = SPEC_PATH) -> None:
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
         """Prepare (not start) the fake; ``clock`` stamps date_created/date_sent (default: now, UTC)."""
-        self.contract = contract(spec_path)
+        self.contract = contract()
         self.account_sid: str = "AC" + secrets.token_hex(16)
         self.auth_token: str = secrets.token_hex(16)
         self.clock = clock or (lambda: datetime.now(UTC))
@@ -690,9 +766,11 @@ __all__ = [
     "Recorded",
     "bad_gateway_html",
     "contract",
+    "contract_drift",
     "error",
     "load_spec",
     "rate_limited",
     "server_error",
     "slow",
+    "spec_contract",
 ]
