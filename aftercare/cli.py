@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import click
 
 from aftercare.app import App
-from aftercare.clock import parse_time, system_clock, zone
+from aftercare.clock import parse_time, zone
 from aftercare.db import migrate
 from aftercare.errors import UserError
 from aftercare.models import Message, MessageStatus, Patient
@@ -230,22 +230,25 @@ def _table(rows: list[Message], patients: dict[int | None, Patient],
 
 
 @cli.command("send-due")
-@click.option("--now", "now_text", help="Act as if the clock read this time (ISO 8601).")
+@click.option("--now", "now_text", metavar="TIME",
+              help="The global --now, given after the command: the same one clock.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_context
 def send_due(ctx: click.Context, now_text: str | None, as_json: bool) -> None:
-    """One dispatch pass: send everything due now (or at --now), then stop."""
+    """One dispatch pass: settle interrupted sends, send everything due, then stop."""
+    state = ctx.find_root().obj
+    if now_text is not None:
+        if state["now"] not in (None, now_text):
+            raise UserError("now", "given twice with different times; give it once")
+        state["now"] = now_text
     app = _app(ctx, json_output=as_json)
-    now = (parse_time(now_text, zone(app.settings.clinic.timezone), "now")
-           if now_text else app.clock())
     from aftercare.checks import require_setup
 
     # Offline checks only (no provider contacted): a missing secret must not eat attempts.
     require_setup(app, live=False)
     dispatcher = app.dispatcher()
-    # Leases are real time: a --now far ahead must not take over a running daemon's claims.
-    dispatcher.recover_stale(system_clock())
-    counts = dispatcher.run_once(now)
+    dispatcher.recover_stale()
+    counts = dispatcher.run_once()
     if as_json:
         _emit(counts.as_dict())
     else:

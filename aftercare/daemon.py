@@ -28,10 +28,10 @@ def run_daemon(app: App, stop: threading.Event | None = None,
     poll = app.settings.daemon.poll_seconds
 
     def dispatch() -> None:
-        dispatcher.run_once(app.clock(), stop)
+        dispatcher.run_once(stop)
 
     def recover() -> None:
-        dispatcher.recover_stale(app.clock())
+        dispatcher.recover_stale()
 
     scheduler = BackgroundScheduler(timezone="UTC")
     # Fixed jobs only; a missed tick is harmless because the next one catches up through SQL.

@@ -80,7 +80,7 @@ def run_demo(out: TextIO, *, day: datetime | None = None) -> DispatchCounts:
             if due is None:
                 break
             clock.now = max(clock.now, due)
-            counts = dispatcher.run_once(clock.now)
+            counts = dispatcher.run_once()
             for name, value in counts.as_dict().items():
                 setattr(total, name, getattr(total, name) + value)
         out.write("=" * 72 + "\nDemo finished: " + ", ".join(

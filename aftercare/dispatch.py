@@ -77,8 +77,9 @@ class Dispatcher:
     rng: random.Random = field(default_factory=random.Random)
     clock: Clock = system_clock  # renews claims: a lease counts from each send, not the batch
 
-    def run_once(self, now: datetime, stop: threading.Event | None = None) -> DispatchCounts:
-        """Send everything due at `now`, batch by batch, until nothing is left or `stop` is set."""
+    def run_once(self, stop: threading.Event | None = None) -> DispatchCounts:
+        """Send everything due, batch by batch, until nothing is left or `stop` is set."""
+        now = self.clock()
         counts = DispatchCounts()
         while stop is None or not stop.is_set():
             claimed = self.claim(now, self.settings.daemon.batch_size)
@@ -315,7 +316,7 @@ class Dispatcher:
                             attempts=Message.attempts - 1))
             db.commit()
 
-    def recover_stale(self, now: datetime) -> int:
+    def recover_stale(self) -> int:
         """Settle rows whose claim outlived its lease (the process died mid-send).
 
         An SMS the provider already accepted is adopted, not sent again; one it cannot
@@ -323,6 +324,7 @@ class Dispatcher:
         as its channel allows attempts is failed, so one message that crashes the sender
         cannot block the queue forever. Returns how many rows went back to pending.
         """
+        now = self.clock()
         lease = timedelta(seconds=self.settings.daemon.lease_seconds)
         with DbSession(self.engine) as db:
             stale = db.exec(select(Message, Patient)

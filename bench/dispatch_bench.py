@@ -120,7 +120,7 @@ def bench_dispatch(messages: int) -> float:
         app = _app(Path(folder))
         _seed(app, 0, messages)
         start = time.perf_counter()
-        counts = app.dispatcher().run_once(NOW)
+        counts = app.dispatcher().run_once()
         elapsed = time.perf_counter() - start
         assert counts.sent == messages, counts
         app.engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from click.testing import CliRunner, Result
 from aftercare.app import App
 from aftercare.cli import cli
 from aftercare.db import migrate
+from aftercare.dispatch import DispatchCounts, Dispatcher
 
 CONFIG = """\
 [clinic]
@@ -127,3 +129,16 @@ def twilio_config(clinic: Clinic, fake: Any, **overrides: object) -> Path:
     config = clinic.folder / "twilio.toml"
     config.write_text(f"{clinic.config.read_text()}\n[sms]\n{lines}\n", encoding="utf-8")
     return config
+
+
+def run_at(dispatcher: Dispatcher, moment: datetime,
+           stop: threading.Event | None = None) -> DispatchCounts:
+    """One dispatch pass with the dispatcher's clock standing at `moment`."""
+    dispatcher.clock = FixedClock(moment)
+    return dispatcher.run_once(stop)
+
+
+def recover_at(dispatcher: Dispatcher, moment: datetime) -> int:
+    """Stale-claim recovery with the dispatcher's clock standing at `moment`."""
+    dispatcher.clock = FixedClock(moment)
+    return dispatcher.recover_stale()

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from conftest import Clinic, utc
+from conftest import Clinic, run_at, utc
 
 NOW = "2026-06-01T11:00-04:00"
 
@@ -200,8 +200,7 @@ def test_first_session_booked_before_any_visit(clinic: Clinic) -> None:
     assert (booked["number"], booked["status"]) == (1, "booked")
     assert set(_pending(clinic)) == {"next_session", "session_reminder"}
     # The reminder of a first visit has no "bruising from last time".
-    counts = clinic.app(console=io.StringIO()).dispatcher().run_once(
-        utc("2026-06-08T10:00-04:00"))
+    counts = run_at(clinic.app(console=io.StringIO()).dispatcher(), utc("2026-06-08T10:00-04:00"))
     assert counts.sent == 1
     body = clinic.rows("SELECT body FROM message WHERE status = 'sent'")[0][0]
     assert "last time" not in body and "Ana" in body

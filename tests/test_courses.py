@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aftercare.outbox import next_due
-from conftest import Clinic, FixedClock
+from conftest import Clinic, FixedClock, run_at
 
 NEW_YORK = ZoneInfo("America/New_York")
 AFTERCARE = (("11:30", 0, "first_48h"), ("14:30", 0, "arnica"), ("10:00", 1, "activity"),
@@ -56,7 +56,7 @@ class Walk:
         assert end >= self.clock.now, "time only moves forward"
         while (due := next_due(self.app.engine)) is not None and due <= end:
             self.clock.now = max(self.clock.now, due)
-            self.dispatcher.run_once(self.clock.now)
+            run_at(self.dispatcher, self.clock.now)
         self.clock.now = end
         return self
 

@@ -15,7 +15,7 @@ from aftercare.app import App
 from aftercare.channels import Outgoing
 from aftercare.errors import SendError
 from aftercare.outbox import next_due
-from conftest import Clinic, FixedClock, utc
+from conftest import Clinic, FixedClock, recover_at, run_at, utc
 
 SESSION = utc("2026-03-02T10:30-05:00")  # a Monday, well away from DST
 
@@ -64,17 +64,17 @@ def test_each_message_goes_at_its_time_and_only_once(enrolled: Clinic) -> None:
     sms = ScriptedChannel("sms")
     clock = FixedClock(SESSION + timedelta(minutes=59))
     dispatcher = _app(enrolled, clock, sms=sms).dispatcher()
-    assert dispatcher.run_once(clock.now).sent == 0
+    assert run_at(dispatcher, clock.now).sent == 0
     clock.now = SESSION + timedelta(hours=1)
-    counts = dispatcher.run_once(clock.now)
+    counts = run_at(dispatcher, clock.now)
     assert (counts.sent, counts.total) == (2, 2)  # first_48h on sms and email
-    assert dispatcher.run_once(clock.now).total == 0
+    assert run_at(dispatcher, clock.now).total == 0
     assert [m.step for m in sms.sent] == ["first_48h"]
     # A daemon that never misses a beat: tick at each next due time for 60 days.
     end = SESSION + timedelta(days=60)
     while (due := next_due(dispatcher.engine)) is not None and due < end:
         clock.now = due
-        dispatcher.run_once(clock.now)
+        run_at(dispatcher, clock.now)
     # Everything is sent exactly once, in planned order.
     assert [m.step for m in sms.sent] == ["first_48h", "arnica", "activity", "check_48h",
                                           "routine", "next_session", "session_reminder",
@@ -88,7 +88,7 @@ def test_sent_message_stores_rendered_text_and_provider_id(enrolled: Clinic) -> 
     app = enrolled.app(clock=clock, console=io.StringIO())
     for moment in (SESSION + timedelta(hours=1), SESSION + timedelta(hours=4)):
         clock.now = moment
-        app.dispatcher().run_once(moment)
+        run_at(app.dispatcher(), moment)
     rows = enrolled.rows("SELECT step, channel, provider_id, body, subject, sent_at FROM message "
                          "WHERE status = 'sent' ORDER BY id")
     assert [(r[0], r[1]) for r in rows] == [("first_48h", "sms"), ("first_48h", "email"),
@@ -107,7 +107,7 @@ def test_sent_message_stores_rendered_text_and_provider_id(enrolled: Clinic) -> 
 def test_html_part_escapes_patient_data(enrolled: Clinic) -> None:
     email = ScriptedChannel("email")
     clock = FixedClock(SESSION + timedelta(hours=1))
-    _app(enrolled, clock, email=email).dispatcher().run_once(clock.now)
+    run_at(_app(enrolled, clock, email=email).dispatcher(), clock.now)
     [message] = email.sent
     assert message.html is not None and message.subject is not None
     assert "Jane &lt;b&gt;Doe" not in message.html  # greets the first name only...
@@ -118,7 +118,7 @@ def test_html_part_escapes_patient_data(enrolled: Clinic) -> None:
 def test_a_week_long_outage_expires_stale_messages(enrolled: Clinic) -> None:
     sms, email = ScriptedChannel("sms"), ScriptedChannel("email")
     now = utc("2026-03-08T12:00-05:00")  # six days later, at noon
-    counts = _app(enrolled, FixedClock(now), sms=sms, email=email).dispatcher().run_once(now)
+    counts = run_at(_app(enrolled, FixedClock(now), sms=sms, email=email).dispatcher(), now)
     assert counts.expired == 8  # first_48h, arnica, activity, check_48h on both channels
     assert counts.sent == 2  # routine (day 6, 10:00, valid for 2 days) still worth it
     assert [m.step for m in sms.sent] == ["routine"]
@@ -133,19 +133,19 @@ def test_due_inside_quiet_hours_is_deferred_to_the_morning(clinic: Clinic) -> No
     sms = ScriptedChannel("sms")
     now = utc("2026-03-02T20:30-05:00")  # first_48h was due at 19:00; the daemon was down
     app = _app(clinic, FixedClock(now), sms=sms)
-    counts = app.dispatcher().run_once(now)
+    counts = run_at(app.dispatcher(), now)
     assert (counts.deferred, counts.sent) == (1, 0)
     assert _status(clinic, "first_48h", "sms") == ("pending", 0, None)
     assert clinic.rows("SELECT send_after FROM message WHERE step = 'first_48h'") == [
         ("2026-03-03 14:00:00.000000",)]  # 09:00 EST
-    counts = app.dispatcher().run_once(utc("2026-03-03T09:00-05:00"))
+    counts = run_at(app.dispatcher(), utc("2026-03-03T09:00-05:00"))
     assert counts.sent == 2  # first_48h, and arnica (22:00 was planned for 09:00)
     assert [m.step for m in sms.sent] == ["first_48h", "arnica"]
 
 
 def test_window_ending_inside_quiet_hours_expires(enrolled: Clinic) -> None:
     now = utc("2026-03-02T21:00-05:00")  # down all day: 11:30 and 14:30 sends missed
-    counts = _app(enrolled, FixedClock(now)).dispatcher().run_once(now)
+    counts = run_at(_app(enrolled, FixedClock(now)).dispatcher(), now)
     # Held to 09:00 they would be ~20 hours late, past their 16-hour window.
     assert (counts.expired, counts.deferred, counts.sent) == (4, 0, 0)
     assert _status(enrolled, "arnica", "sms") == ("expired", 0,
@@ -157,7 +157,7 @@ def test_consent_withdrawn_before_send_cancels(enrolled: Clinic) -> None:
         conn.execute("UPDATE patient SET channels = 'email'")
     sms = ScriptedChannel("sms")
     now = SESSION + timedelta(hours=1)
-    counts = _app(enrolled, FixedClock(now), sms=sms).dispatcher().run_once(now)
+    counts = run_at(_app(enrolled, FixedClock(now), sms=sms).dispatcher(), now)
     assert (counts.cancelled, counts.sent) == (1, 1)
     assert sms.sent == []
     assert _status(enrolled, "first_48h", "sms") == ("cancelled", 0,
@@ -169,15 +169,15 @@ def test_transient_failure_retries_with_backoff_then_sends(enrolled: Clinic) -> 
     now = SESSION + timedelta(hours=1)
     app = _app(enrolled, FixedClock(now), sms=sms)
     dispatcher = app.dispatcher(random.Random(7))
-    assert dispatcher.run_once(now).retrying == 1
+    assert run_at(dispatcher, now).retrying == 1
     status, attempts, error = _status(enrolled, "first_48h", "sms")
     assert (status, attempts, error) == ("pending", 1, "HTTP 503")
     [(retry_at,)] = enrolled.rows("SELECT send_after FROM message WHERE step = 'first_48h' "
                                   "AND channel = 'sms'")
     delay = datetime.fromisoformat(retry_at) - now.replace(tzinfo=None)
     assert timedelta(seconds=48) <= delay <= timedelta(seconds=72)  # 60 s +- 20 % jitter
-    assert dispatcher.run_once(now + timedelta(seconds=30)).total == 0
-    assert dispatcher.run_once(now + timedelta(seconds=80)).sent == 1
+    assert run_at(dispatcher, now + timedelta(seconds=30)).total == 0
+    assert run_at(dispatcher, now + timedelta(seconds=80)).sent == 1
     assert _status(enrolled, "first_48h", "sms") == ("sent", 2, None)
 
 
@@ -195,7 +195,7 @@ def test_transient_failures_stop_at_max_attempts(enrolled: Clinic) -> None:
     outcomes = []
     # Passes just after each backoff (60, 120, 240, 480 s, +-20 %) has run out.
     for minutes in (0, 3, 8, 15, 30):
-        counts = dispatcher.run_once(now + timedelta(minutes=minutes))
+        counts = run_at(dispatcher, now + timedelta(minutes=minutes))
         outcomes.append((counts.retrying, counts.failed))
     assert outcomes == [(1, 0)] * 4 + [(0, 1)]
     assert _status(enrolled, "first_48h", "sms") == ("failed", 5, "timeout")
@@ -204,7 +204,7 @@ def test_transient_failures_stop_at_max_attempts(enrolled: Clinic) -> None:
 def test_permanent_failure_fails_at_once_with_its_code(enrolled: Clinic) -> None:
     sms = ScriptedChannel("sms", [SendError("unknown destination", permanent=True, code="21211")])
     now = SESSION + timedelta(hours=1)
-    counts = _app(enrolled, FixedClock(now), sms=sms).dispatcher().run_once(now)
+    counts = run_at(_app(enrolled, FixedClock(now), sms=sms).dispatcher(), now)
     assert counts.failed == 1
     assert _status(enrolled, "first_48h", "sms") == ("failed", 1, "21211: unknown destination")
 
@@ -212,7 +212,7 @@ def test_permanent_failure_fails_at_once_with_its_code(enrolled: Clinic) -> None
 def test_unexpected_channel_error_is_retried_not_lost(enrolled: Clinic) -> None:
     sms = ScriptedChannel("sms", [RuntimeError("boom")])
     now = SESSION + timedelta(hours=1)
-    counts = _app(enrolled, FixedClock(now), sms=sms).dispatcher().run_once(now)
+    counts = run_at(_app(enrolled, FixedClock(now), sms=sms).dispatcher(), now)
     assert counts.retrying == 1
     assert _status(enrolled, "first_48h", "sms")[0] == "pending"
 
@@ -223,11 +223,11 @@ def test_crash_after_claim_is_recovered_after_the_lease(enrolled: Clinic) -> Non
     dispatcher = _app(enrolled, FixedClock(now), sms=sms).dispatcher()
     claimed = dispatcher.claim(now, 10)  # ...and the process dies before sending
     assert len(claimed) == 2
-    assert dispatcher.run_once(now).total == 0  # claimed rows are not sent twice
-    assert dispatcher.recover_stale(now + timedelta(seconds=299)) == 0
+    assert run_at(dispatcher, now).total == 0  # claimed rows are not sent twice
+    assert recover_at(dispatcher, now + timedelta(seconds=299)) == 0
     later = now + timedelta(seconds=301)
-    assert dispatcher.recover_stale(later) == 2
-    assert dispatcher.run_once(later).sent == 2
+    assert recover_at(dispatcher, later) == 2
+    assert run_at(dispatcher, later).sent == 2
     assert [m.step for m in sms.sent] == ["first_48h"]
     assert _status(enrolled, "first_48h", "sms")[:2] == ("sent", 2)
 
@@ -240,8 +240,8 @@ def test_a_taken_over_claim_is_not_overwritten(enrolled: Clinic) -> None:
         # The lease ran out while this send hung; recovery requeues and resends it.
         if message.step == "first_48h" and not hung:
             hung.append(message)
-            dispatcher.recover_stale(late)
-            assert dispatcher.run_once(late).sent == 1
+            recover_at(dispatcher, late)
+            assert run_at(dispatcher, late).sent == 1
 
     hung: list[Outgoing] = []
     sms = ScriptedChannel("sms", on_send=recover_meanwhile)
@@ -258,7 +258,7 @@ def test_stop_between_messages_gives_back_unstarted_claims(enrolled: Clinic) -> 
     stop = threading.Event()
     sms = ScriptedChannel("sms", on_send=lambda _m: stop.set())
     now = SESSION + timedelta(hours=1)  # first_48h due on sms, then email
-    counts = _app(enrolled, FixedClock(now), sms=sms).dispatcher().run_once(now, stop)
+    counts = run_at(_app(enrolled, FixedClock(now), sms=sms).dispatcher(), now, stop)
     assert counts.sent == 1  # the send in flight finishes...
     # ...and the claimed email is handed back untouched, not left for lease recovery.
     assert _status(enrolled, "first_48h", "sms") == ("sent", 1, None)
@@ -278,8 +278,8 @@ def test_dispatch_queries_stay_on_indexes(enrolled: Clinic) -> None:
 
     now = SESSION + timedelta(hours=1)
     dispatcher = app.dispatcher()
-    dispatcher.run_once(now)
-    dispatcher.recover_stale(now)
+    run_at(dispatcher, now)
+    recover_at(dispatcher, now)
     event.remove(app.engine, "before_cursor_execute", capture)
     with app.engine.connect() as conn:
         plans = [(sql, " ".join(str(row[-1]) for row in conn.exec_driver_sql(
@@ -304,7 +304,7 @@ def test_a_message_that_keeps_crashing_the_sender_is_failed(enrolled: Clinic) ->
     for crash in range(5):  # claimed, then the process dies mid-send, five times over
         moment = now + timedelta(hours=crash)
         assert len(dispatcher.claim(moment, 1)) == 1
-        dispatcher.recover_stale(moment + timedelta(minutes=6))
+        recover_at(dispatcher, moment + timedelta(minutes=6))
     assert _status(enrolled, "first_48h", "sms") == ("failed", 5, "send interrupted 5 times")
     assert _status(enrolled, "first_48h", "email")[0] == "pending"
 
@@ -327,14 +327,14 @@ def test_a_slow_batch_never_lets_recovery_take_a_send_in_flight(enrolled: Clinic
         clock.now = now + timedelta(seconds=305)  # the batch was claimed over a lease ago
 
     def recovery_runs_meanwhile(message: Outgoing) -> None:
-        recovered.append(dispatcher.recover_stale(clock.now))
+        recovered.append(recover_at(dispatcher, clock.now))
 
     sms = ScriptedChannel("sms", on_send=earlier_sends_were_slow)
     email = ScriptedChannel("email", on_send=recovery_runs_meanwhile)
     dispatcher = _app(enrolled, clock, sms=sms, email=email).dispatcher()
-    dispatcher.run_once(now)  # claims first_48h on sms and email as one batch
+    dispatcher.run_once()  # claims first_48h on sms and email as one batch
     assert recovered == [0]  # the email in flight renewed its claim when it started
-    dispatcher.run_once(clock.now)
+    dispatcher.run_once()
     assert [m.step for m in email.sent] == ["first_48h"]  # sent once, not twice
     assert _status(enrolled, "first_48h", "email")[0] == "sent"
 
@@ -343,7 +343,7 @@ def test_setup_problem_keeps_the_attempt_and_waits(enrolled: Clinic) -> None:
     now = SESSION + timedelta(hours=1)
     sms = ScriptedChannel("sms", [SendError("HTTP 401: account or sender refused",
                                             permanent=False, code="20003", setup_problem=True)])
-    counts = _app(enrolled, FixedClock(now), sms=sms).dispatcher().run_once(now)
+    counts = run_at(_app(enrolled, FixedClock(now), sms=sms).dispatcher(), now)
     assert counts.retrying == 1
     assert _status(enrolled, "first_48h", "sms") == ("pending", 0,
                                                      "20003: HTTP 401: account or sender refused")
@@ -366,7 +366,7 @@ def test_maintenance_reminder_is_dropped_once_the_patient_rebooks(clinic: Clinic
     assert set(clinic.rows("SELECT status, last_error FROM message "
                            "WHERE step = 'maintenance'")) == {
         ("cancelled", "session 1 completed; session 2 booked")}
-    counts = clinic.app(console=io.StringIO()).dispatcher().run_once(maintenance_at)
+    counts = run_at(clinic.app(console=io.StringIO()).dispatcher(), maintenance_at)
     assert counts.sent == 0
 
 
@@ -381,7 +381,7 @@ def test_send_time_check_drops_a_maintenance_reminder_the_plan_did_not_see(
     clinic.rows("INSERT INTO session (course_id, number, number_fixed, at, moves, status, created_at) "
                 "VALUES "
                 "(1, 2, 0, '2026-04-06 14:30:00', 0, 'booked', '2026-03-20 15:00:00')")
-    counts = clinic.app(console=io.StringIO()).dispatcher().run_once(first)
+    counts = run_at(clinic.app(console=io.StringIO()).dispatcher(), first)
     assert (counts.sent, counts.cancelled) == (0, 1)
     assert clinic.rows("SELECT status, last_error FROM message WHERE step = 'maintenance' "
                        "AND occurrence = 1") == [("cancelled", "a later session is booked or done")]

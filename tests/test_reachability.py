@@ -9,7 +9,7 @@ import pytest
 from test_dispatch import ScriptedChannel
 
 from aftercare.errors import EMAIL_INVALID, PHONE_INVALID, SMS_OPTED_OUT, SendError
-from conftest import Clinic, FixedClock, utc
+from conftest import Clinic, FixedClock, run_at, utc
 
 SESSION = utc("2026-03-02T10:30-05:00")
 DUE = SESSION + timedelta(hours=1)
@@ -25,7 +25,7 @@ def _dispatch(clinic: Clinic, error: SendError, channel: str = "sms") -> Scripte
     scripted = ScriptedChannel(channel, [error])
     app = clinic.app(clock=FixedClock(DUE), console=io.StringIO())
     app.channels[channel] = scripted
-    app.dispatcher().run_once(DUE)
+    run_at(app.dispatcher(), DUE)
     return scripted
 
 
@@ -40,7 +40,7 @@ def test_sms_only_patient_has_every_pending_sms_cancelled(clinic: Clinic, conseq
         ("cancelled", 7), ("failed", 1)]
     # Later passes send nothing more on that route.
     app = clinic.app(console=io.StringIO())
-    counts = app.dispatcher().run_once(SESSION + timedelta(days=60))
+    counts = run_at(app.dispatcher(), SESSION + timedelta(days=60))
     assert counts.sent == 0
 
 
@@ -100,7 +100,7 @@ def test_sms_already_claimed_in_the_same_batch_also_goes_by_email(clinic: Clinic
                                             consequence=PHONE_INVALID)])
     app = clinic.app(clock=FixedClock(morning), console=io.StringIO())
     app.channels["sms"] = sms
-    counts = app.dispatcher().run_once(morning)
+    counts = run_at(app.dispatcher(), morning)
     rows = dict(((step, channel), status) for step, channel, status in clinic.rows(
         "SELECT step, channel, status FROM message"))
     assert rows[("first_48h", "sms")] == "failed"

@@ -8,7 +8,7 @@ import io
 import pytest
 
 from aftercare.outbox import next_due
-from conftest import Clinic, FixedClock, utc
+from conftest import Clinic, FixedClock, run_at, utc
 
 
 @pytest.fixture
@@ -46,12 +46,12 @@ def test_moving_a_session_after_its_reminders_went_gives_the_new_time_reminders(
     app = jane.app(clock=FixedClock(utc("2026-06-07T12:00-04:00")), console=io.StringIO())
     dispatcher = app.dispatcher()
     while (due := next_due(app.engine)) is not None and due <= utc("2026-06-07T12:00-04:00"):
-        dispatcher.run_once(due)
+        run_at(dispatcher, due)
     out = jane.json("--now", "2026-06-07T12:00-04:00", "session", "reschedule", "2",
                     "--at", "2026-06-15T10:30")
     assert out["at"] == "2026-06-15T14:30:00+00:00"
     while (due := next_due(app.engine)) is not None and due <= utc("2026-06-15T10:00-04:00"):
-        dispatcher.run_once(due)
+        run_at(dispatcher, due)
     assert _sent(jane) == [
         ("next_session", "2026-06-06 14:00:00.000000"),
         ("session_reminder", "2026-06-07 14:30:00.000000"),

@@ -14,7 +14,7 @@ from aftercare.channels import Outgoing
 from aftercare.channels.smtp_email import SmtpEmail
 from aftercare.config import ClinicConfig, EmailConfig
 from aftercare.errors import EMAIL_INVALID, SendError
-from conftest import Clinic, FixedClock, utc
+from conftest import Clinic, FixedClock, recover_at, run_at, utc
 
 CLINIC = ClinicConfig(name="Lumiere Aesthetics", phone="+1 212 555 0100",
                       email="care@lumiere.example", emergency_number="911")
@@ -185,12 +185,12 @@ def test_interrupted_email_is_resent_with_the_same_message_id(clinic: Clinic) ->
         app.channels["email"] = DiesAfterSending()
         dispatcher = app.dispatcher()
         with pytest.raises(Killed):
-            dispatcher.run_once(now)
+            run_at(dispatcher, now)
         assert clinic.rows("SELECT status FROM message WHERE step = 'first_48h'") == [("sending",)]
         app.channels["email"] = real
         later = clock.now = now + timedelta(seconds=app.settings.daemon.lease_seconds + 1)
-        assert dispatcher.recover_stale(later) == 1
-        assert dispatcher.run_once(later).sent == 1
+        assert recover_at(dispatcher, later) == 1
+        assert run_at(dispatcher, later).sent == 1
         ids = [r.message["Message-ID"] for r in server.received]
     assert len(ids) == 2 and len(set(ids)) == 1  # the relay can tell it is the same email
     assert clinic.rows("SELECT status, provider_id FROM message WHERE step = 'first_48h'") == [

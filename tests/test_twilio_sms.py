@@ -24,7 +24,7 @@ from aftercare.channels.rate_limit import RateLimiter
 from aftercare.channels.twilio_sms import TwilioSms
 from aftercare.config import SmsConfig
 from aftercare.errors import PHONE_INVALID, SMS_OPTED_OUT, SendError
-from conftest import Clinic, midday_zone, twilio_config
+from conftest import Clinic, midday_zone, recover_at, run_at, twilio_config
 
 TO = "+12125550123"
 MESSAGE = Outgoing(message_id=7, channel="sms", to=TO, patient_name="Jane Doe",
@@ -168,8 +168,8 @@ def test_unknown_outcome_is_adopted_not_sent_twice(clinic: Clinic, fake_twilio: 
     app = type(app).from_config(config, console=io.StringIO())
     dispatcher = app.dispatcher()
     later = datetime.now(UTC) + timedelta(seconds=app.settings.daemon.lease_seconds + 1)
-    dispatcher.recover_stale(later)
-    dispatcher.run_once(later)
+    recover_at(dispatcher, later)
+    run_at(dispatcher, later)
     assert len(fake_twilio.created) == 1
     assert clinic.rows("SELECT status, provider_id, last_error FROM message "
                        "WHERE step = 'first_48h'") == [
@@ -201,8 +201,8 @@ def test_killed_between_acceptance_and_record_sends_nothing_twice(clinic: Clinic
     app = type(clinic.app()).from_config(config, console=io.StringIO())
     later = datetime.now(UTC) + timedelta(seconds=app.settings.daemon.lease_seconds + 1)
     dispatcher = app.dispatcher()
-    dispatcher.recover_stale(later)
-    counts = dispatcher.run_once(later)
+    recover_at(dispatcher, later)
+    counts = run_at(dispatcher, later)
     assert len(fake_twilio.created) == 1, "the SMS went out twice"
     assert counts.sent == 0
     assert clinic.rows("SELECT status, provider_id FROM message WHERE step = 'first_48h'") == [
@@ -218,8 +218,8 @@ def test_interrupted_send_twilio_never_got_is_sent_again(clinic: Clinic,
     now = datetime.now(UTC)
     dispatcher.claim(now, 1)  # claimed, then the process died before calling Twilio
     later = now + timedelta(seconds=app.settings.daemon.lease_seconds + 1)
-    assert dispatcher.recover_stale(later) == 1
-    assert dispatcher.run_once(later).sent == 1
+    assert recover_at(dispatcher, later) == 1
+    assert run_at(dispatcher, later).sent == 1
     assert len(fake_twilio.created) == 1
 
 
