@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import Session as DbSession
-from sqlmodel import col, select
 
 from aftercare.enrollment import (
     FUTURE_TOLERANCE,
@@ -21,6 +20,7 @@ from aftercare.errors import UserError
 from aftercare.history import record
 from aftercare.models import Course, CourseStatus, Patient, Session, SessionStatus
 from aftercare.planning import PlanChanges, Planner, replan
+from aftercare.queries import courses_of
 
 
 @dataclass
@@ -92,9 +92,7 @@ def _course_to_book(db: DbSession, planner: Planner, patient: Patient, course_id
     if treatment is not None:
         protocol = planner.protocols.get(treatment)
         return open_course(db, patient, treatment) or new_course(db, patient, protocol, now)
-    courses = list(db.exec(select(Course).where(
-        Course.patient_id == patient.id, Course.status != CourseStatus.WITHDRAWN)
-        .order_by(col(Course.id))).all())
+    courses = [c for c in courses_of(db, patient.id) if c.status != CourseStatus.WITHDRAWN]
     if len(courses) == 1:
         return courses[0]
     if not courses:

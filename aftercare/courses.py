@@ -7,7 +7,8 @@ from sqlmodel import Session as DbSession
 from aftercare.bookings import session_json
 from aftercare.history import record
 from aftercare.models import Course, CourseStatus, SessionStatus
-from aftercare.planning import PlanChanges, Planner, replan, sessions_of
+from aftercare.planning import PlanChanges, Planner, replan
+from aftercare.queries import sessions_of
 
 
 def course_json(db: DbSession, course: Course) -> dict[str, object]:

@@ -22,6 +22,7 @@ from aftercare.models import (
 )
 from aftercare.planning import PlanChanges, Planner, replan
 from aftercare.protocols import Protocol
+from aftercare.queries import courses_of, sessions_of
 
 # A session "in the future" by less than this is clock skew between the clinic's systems.
 FUTURE_TOLERANCE = timedelta(minutes=15)
@@ -84,8 +85,7 @@ def enroll(db: DbSession, planner: Planner, patient: Patient, visit: SessionVisi
 
 
 def _booked_at(db: DbSession, course: Course) -> dict[int | None, datetime]:
-    return {s.id: s.at for s in db.exec(select(Session).where(
-        Session.course_id == course.id, Session.status == SessionStatus.BOOKED)).all()}
+    return {s.id: s.at for s in sessions_of(db, course) if s.status == SessionStatus.BOOKED}
 
 
 def _check_visit(visit: SessionVisit, now: datetime) -> None:
@@ -104,12 +104,9 @@ def _check_visit(visit: SessionVisit, now: datetime) -> None:
 
 def open_course(db: DbSession, patient: Patient, treatment: str) -> Course | None:
     """The patient's latest course of `treatment` that was not withdrawn, if any."""
-    return db.exec(
-        select(Course)
-        .where(Course.patient_id == patient.id, Course.treatment == treatment,
-               Course.status != CourseStatus.WITHDRAWN)
-        .order_by(col(Course.id).desc())
-    ).first()
+    open_ = [c for c in courses_of(db, patient.id)
+             if c.treatment == treatment and c.status != CourseStatus.WITHDRAWN]
+    return open_[-1] if open_ else None
 
 
 def new_course(db: DbSession, patient: Patient, protocol: Protocol, now: datetime, *,
@@ -154,9 +151,9 @@ def _completed_session(db: DbSession, course: Course, visit: SessionVisit, now: 
     if session is None:
         # A booking whose time has passed is this visit, moved (the patient came another
         # day); otherwise the visit is new. `renumber` gives it its place in the course.
-        session = db.exec(select(Session).where(
-            Session.course_id == course.id, Session.at < visit.session_at,
-            Session.status == SessionStatus.BOOKED).order_by(col(Session.at).desc())).first()
+        passed = [s for s in sessions_of(db, course)
+                  if s.status == SessionStatus.BOOKED and s.at < visit.session_at]
+        session = passed[-1] if passed else None
         if session is not None:
             record(db, now, "session.rescheduled", course.patient_id,
                    f"{session.at.isoformat()} -> {visit.session_at.isoformat()} (came then)",
@@ -195,9 +192,8 @@ def _booked_session(
         return session
     # The clinic's system says the next visit is at `at`: an earlier booking after this
     # session is that visit, moved.
-    moved = db.exec(select(Session).where(
-        Session.course_id == course.id, Session.at > done.at,
-        Session.status == SessionStatus.BOOKED).order_by(col(Session.at))).first()
+    moved = next((s for s in sessions_of(db, course)
+                  if s.status == SessionStatus.BOOKED and s.at > done.at), None)
     if moved is not None:
         record(db, now, "session.rescheduled", course.patient_id,
                f"{moved.at.isoformat()} -> {at.isoformat()} (enrollment)",
@@ -217,16 +213,15 @@ def _booked_session(
 
 def session_at(db: DbSession, course: Course, at: datetime) -> Session | None:
     """The course's session at exactly `at`, whatever its status."""
-    return db.exec(select(Session).where(Session.course_id == course.id,
-                                         Session.at == at)).first()
+    return next((s for s in sessions_of(db, course) if s.at == at), None)
 
 
 def renumber(db: DbSession, course: Course) -> None:
     """Sessions are numbered in time order; a number staff gave is kept and counted on from."""
     previous = 0
-    for session in db.exec(select(Session).where(
-            Session.course_id == course.id, col(Session.status).in_(LIVE_SESSIONS))
-            .order_by(col(Session.at))).all():
+    for session in sessions_of(db, course):
+        if session.status not in LIVE_SESSIONS:
+            continue
         if not session.number_fixed and session.number != previous + 1:
             session.number = previous + 1
             db.add(session)

@@ -8,14 +8,15 @@ from typing import Any
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from sqlmodel import Session as DbSession
-from sqlmodel import col, select
+from sqlmodel import select
 
 from aftercare.clock import Clock, iso, zone
 from aftercare.errors import UserError
 from aftercare.history import record
-from aftercare.models import Course, Patient
+from aftercare.models import Patient
 from aftercare.planning import PlanChanges, Planner, replan_patient
 from aftercare.protocols import CHANNELS
+from aftercare.queries import courses_of
 
 
 def normalize_phone(text: str, country: str) -> str:
@@ -197,8 +198,7 @@ def set_opt_out(db: DbSession, planner: Planner, patient: Patient, channel: str,
 
 def patient_json(db: DbSession, patient: Patient) -> dict[str, Any]:
     """The JSON shape of `patient show`: contact data, consent, opt-outs and courses."""
-    courses = db.exec(select(Course).where(Course.patient_id == patient.id)
-                      .order_by(col(Course.id))).all()
+    courses = courses_of(db, patient.id)
     return {
         **{f.name: getattr(patient, f.name) for f in fields(NewPatient) if f.name != "channels"},
         "id": patient.id,

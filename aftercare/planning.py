@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session as DbSession
-from sqlmodel import col, select
+from sqlmodel import select
 
 from aftercare.clock import Clock, zone
 from aftercare.history import record
@@ -30,6 +30,7 @@ from aftercare.models import (
     SessionStatus,
 )
 from aftercare.protocols import Protocol, ProtocolBook, Step
+from aftercare.queries import courses_of, sessions_of
 from aftercare.quiet_hours import QuietHours
 from aftercare.reachability import routes
 
@@ -139,18 +140,11 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
     return changes
 
 
-def sessions_of(db: DbSession, course: Course) -> list[Session]:
-    """The course's sessions in time order, whatever their status."""
-    return list(db.exec(select(Session).where(Session.course_id == course.id)
-                        .order_by(col(Session.at))).all())
-
-
 def replan_patient(db: DbSession, planner: Planner, patient: Patient,
                    reason: str) -> PlanChanges:
     """`replan` every course of the patient (after a change to the patient themselves)."""
     changes = PlanChanges()
-    for course in db.exec(select(Course).where(Course.patient_id == patient.id)
-                          .order_by(col(Course.id))).all():
+    for course in courses_of(db, patient.id):
         changes.merge(replan(db, planner, course, reason))
     return changes
 

@@ -10,8 +10,9 @@ from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
 from aftercare.errors import UserError
-from aftercare.models import Course, Message, MessageStatus, Patient, Session
+from aftercare.models import Course, Message, MessageStatus, Patient
 from aftercare.protocols import ProtocolBook
+from aftercare.queries import courses_of, sessions_of
 
 
 def step_label(message: Message, treatment: str, protocols: ProtocolBook) -> str:
@@ -53,13 +54,11 @@ class Entry:
 def timeline(db: DbSession, patient: Patient,
              protocols: ProtocolBook) -> tuple[list[Course], list[Entry]]:
     """The patient's courses and every session and message, in time order."""
-    courses = list(db.exec(select(Course).where(Course.patient_id == patient.id)
-                           .order_by(col(Course.id))).all())
-    ids = [c.id for c in courses]
+    courses = courses_of(db, patient.id)
     treatments = {c.id: c.treatment for c in courses}
     entries = [Entry(s.at, "session", s.course_id, s.id or 0, f"session {s.number}",
                      status=s.status)
-               for s in db.exec(select(Session).where(col(Session.course_id).in_(ids))).all()]
+               for course in courses for s in sessions_of(db, course)]
     grouped: dict[tuple[int, str, int, datetime], Entry] = {}
     for m in db.exec(select(Message).where(Message.patient_id == patient.id)
                      .order_by(col(Message.id))).all():
