@@ -162,6 +162,9 @@ class Message(SQLModel, table=True):
     send_after: datetime = Field(sa_column=_utc())
     expires_at: datetime = Field(sa_column=_utc())
     attempts: int = 0
+    # A claim (status sending) belongs to the sender holding this token; its lease counts
+    # from claimed_at, renewed when the send starts. Every later write checks both.
+    claim_token: str | None = Field(default=None, max_length=32)
     claimed_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
     sent_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
     provider_id: str | None = Field(default=None, max_length=64)

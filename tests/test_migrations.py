@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 from aftercare.db import head_revision
+from aftercare.resources import MIGRATIONS
 from conftest import Clinic
 
 
@@ -38,3 +41,35 @@ def test_migrations_build_exactly_the_models_schema(clinic: Clinic) -> None:
 
 def test_sqlite_runs_in_wal_mode(clinic: Clinic) -> None:
     assert clinic.rows("PRAGMA journal_mode") == [("wal",)]
+
+
+# Released migrations never change: a database stamped at a revision must have exactly the
+# schema that revision's file made. A new migration adds its line here when it is committed.
+RELEASED = {
+    "0001_initial_schema.py": "bb48f5af69b0adfe3c92a19ea873c31da0ef113af7f6ec151dd7a6f90843d69b",
+    "0002_courses_and_history.py":
+        "e17dd10170bad0490db0354b1665841a434469855517e7f46db664d19fb3fba3",
+    "0003_claim_tokens.py": "b61f039bd22e5c48c21f93f04239b8c6bd788fdb2077df478442b03aa311a358",
+}
+
+
+def test_released_migrations_never_change() -> None:
+    files = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+             for path in (MIGRATIONS / "versions").glob("*.py")}
+    changed = sorted(name for name, digest in RELEASED.items() if files.get(name) != digest)
+    assert changed == [], "released migrations were edited; revert them and add a new one"
+    unlisted = sorted(set(files) - set(RELEASED))
+    assert unlisted == [], "add the new migration's sha256 to RELEASED when committing it"
+
+
+def test_a_database_from_the_first_0002_gains_session_moves(clinic: Clinic) -> None:
+    # The first release of 0002 had no session.moves; such databases are stamped 0002.
+    clinic.rows("ALTER TABLE message DROP COLUMN claim_token")
+    clinic.rows("ALTER TABLE session DROP COLUMN moves")
+    clinic.rows("UPDATE alembic_version SET version_num = '0002'")
+    refused = clinic.run("messages")
+    assert refused.exit_code == 2 and "run `aftercare init` to upgrade" in refused.stderr
+    assert clinic.run("init").exit_code == 0
+    columns = {name for _cid, name, *_ in clinic.rows("PRAGMA table_info(session)")}
+    assert "moves" in columns
+    assert clinic.run("messages").exit_code == 0

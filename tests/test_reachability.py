@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from test_dispatch import ScriptedChannel
@@ -44,21 +45,65 @@ def test_sms_only_patient_has_every_pending_sms_cancelled(clinic: Clinic, conseq
     assert counts.sent == 0
 
 
-def test_sms_patient_with_an_address_gets_email_instead(clinic: Clinic) -> None:
+def test_sms_only_consent_is_kept_when_the_sms_route_closes(clinic: Clinic) -> None:
+    # The clinic has an address but the patient agreed to SMS only: a STOP must not
+    # turn email on behind the patient's back (a desk opt-out would not either).
     _enroll(clinic, "--phone", "+12125550123", "--email", "jane@example.com", "--channels", "sms")
     _dispatch(clinic, SendError("HTTP 400", permanent=True, code="21610", consequence=SMS_OPTED_OUT))
     rows = clinic.rows("SELECT step, channel, status, last_error FROM message ORDER BY id")
-    sms = [r for r in rows if r[1] == "sms"]
-    email = [r for r in rows if r[1] == "email"]
-    assert sms[0] == ("first_48h", "sms", "failed", "21610: HTTP 400")
-    assert all(r[2] == "cancelled" and r[3].endswith("sent by email instead") for r in sms[1:])
-    # Every SMS that could still go has an email twin, visible in `aftercare messages`.
-    assert sorted(r[0] for r in email) == sorted(r[0] for r in sms)
-    # The failed message's email twin was due at once and went in the same pass.
-    assert [r[2] for r in email if r[0] == "first_48h"] == ["sent"]
-    assert all(r[2] == "pending" for r in email if r[0] != "first_48h")
-    listed = clinic.json("messages", "--status", "pending")
-    assert {m["channel"] for m in listed} == {"email"}
+    assert rows[0] == ("first_48h", "sms", "failed", "21610: HTTP 400")
+    assert all(r[1] == "sms" and r[2] == "cancelled" for r in rows[1:])
+    assert clinic.rows("SELECT channels FROM patient") == [("sms",)]
+    # The history says why the plan changed, as it does for a desk opt-out.
+    kinds = [k for (k,) in clinic.rows("SELECT kind FROM event ORDER BY id")]
+    assert "patient.opted_out" in kinds
+    assert clinic.count("event WHERE kind = 'message.cancelled'") == 7
+
+
+def test_a_stop_and_a_desk_opt_out_leave_the_same_plan(clinic: Clinic, tmp_path: Path) -> None:
+    plans = []
+    for how in ("stop", "desk"):
+        folder = tmp_path / how
+        folder.mkdir()
+        config = folder / "aftercare.toml"
+        config.write_text(clinic.config.read_text().replace(
+            str(clinic.db_path), str(folder / "c.db")), encoding="utf-8")
+        other = Clinic(folder, config, folder / "c.db")
+        assert other.run("init").exit_code == 0
+        _enroll(other, "--phone", "+12125550123", "--email", "jane@example.com")
+        if how == "stop":
+            _dispatch(other, SendError("HTTP 400", permanent=True, code="21610",
+                                       consequence=SMS_OPTED_OUT))
+        else:
+            _dispatch(other, SendError("HTTP 503", permanent=False))  # nothing closes
+            assert other.run("--now", DUE.isoformat(), "patient", "opt-out", "J1",
+                             "--channel", "sms").exit_code == 0
+        plans.append(other.rows("SELECT step, channel, status FROM message "
+                                "WHERE status IN ('pending', 'sent') ORDER BY step, channel"))
+    assert plans[0] == plans[1]
+    assert {channel for _step, channel, _status in plans[0]} == {"email"}
+
+
+def test_email_stands_in_for_an_sms_only_step_where_the_patient_consented(
+        clinic: Clinic, tmp_path: Path) -> None:
+    # A clinic protocol whose arnica advice goes by SMS only.
+    protocols = tmp_path / "protocols"
+    protocols.mkdir()
+    packaged = Path(__file__).resolve().parents[1] / "config" / "protocols" / "cellulite.toml"
+    text = packaged.read_text(encoding="utf-8")
+    start = text.index('key = "arnica"')
+    end = text.index("[[steps]]", start)
+    text = text[:start] + text[start:end].replace('channels = ["sms", "email"]',
+                                                  'channels = ["sms"]') + text[end:]
+    (protocols / "cellulite.toml").write_text(text, encoding="utf-8")
+    clinic.config.write_text(clinic.config.read_text().replace(
+        "[messaging]\n", f"[messaging]\nprotocols_dir = \"{protocols}\"\n"), encoding="utf-8")
+    _enroll(clinic, "--phone", "+12125550123", "--email", "jane@example.com")
+    assert clinic.rows("SELECT channel FROM message WHERE step = 'arnica'") == [("sms",)]
+    _dispatch(clinic, SendError("HTTP 400", permanent=True, code="21211", consequence=PHONE_INVALID))
+    rows = dict(((step, channel), status) for step, channel, status in clinic.rows(
+        "SELECT step, channel, status FROM message WHERE step = 'arnica'"))
+    assert rows == {("arnica", "sms"): "cancelled", ("arnica", "email"): "pending"}
     assert clinic.rows("SELECT channels FROM patient") == [("sms,email",)]
 
 
@@ -89,7 +134,7 @@ def test_permanent_failure_without_consequence_touches_nothing_else(clinic: Clin
     assert clinic.rows("SELECT sms_opted_out_at, phone_invalid_at FROM patient") == [(None, None)]
 
 
-def test_sms_already_claimed_in_the_same_batch_also_goes_by_email(clinic: Clinic) -> None:
+def test_sms_already_claimed_in_the_same_batch_is_not_sent(clinic: Clinic) -> None:
     # Two SMS due together (held by quiet hours); the first reveals the number is invalid.
     clinic.json("patient", "add", "--name", "Kim Lee", "--phone", "+12125550125",
                 "--email", "kim@example.com", "--channels", "sms", "--ref", "K1")
@@ -105,5 +150,5 @@ def test_sms_already_claimed_in_the_same_batch_also_goes_by_email(clinic: Clinic
         "SELECT step, channel, status FROM message"))
     assert rows[("first_48h", "sms")] == "failed"
     assert rows[("arnica", "sms")] == "cancelled"  # claimed in the same batch
-    assert rows[("first_48h", "email")] == rows[("arnica", "email")] == "sent"
-    assert counts.sent == 2 and sms.sent == []
+    assert ("arnica", "email") not in rows  # Kim consented to SMS only
+    assert counts.sent == 0 and sms.sent == []
