@@ -7,7 +7,6 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -28,7 +27,7 @@ from aftercare.protocols import ProtocolBook
 from aftercare.rendering import Renderer
 
 
-class UnavailableChannel:
+class UnavailableChannel(Channel):
     """Stands in for a channel whose setup is incomplete; `aftercare check` says why."""
 
     def __init__(self, name: str, reason: str) -> None:
@@ -95,9 +94,7 @@ class App:
             session.commit()
 
     def planner(self) -> Planner:
-        messaging = self.settings.messaging
-        return Planner(self.protocols, messaging.quiet_hours,
-                       timedelta(days=messaging.maintenance_horizon_days), self.clock)
+        return Planner.from_settings(self.settings, self.protocols, self.clock)
 
     def dispatcher(self, rng: random.Random | None = None) -> Dispatcher:
         return Dispatcher(self.engine, self.settings, self.protocols, self.renderer,

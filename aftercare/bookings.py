@@ -175,9 +175,3 @@ def _booked_only(db: DbSession, session: Session, action: str) -> Course:
     course = db.get(Course, session.course_id)
     assert course is not None
     return course
-
-
-def session_json(session: Session) -> dict[str, object]:
-    """The JSON shape of a session in `course show` and the `session` commands."""
-    return {"id": session.id, "number": session.number, "at": session.at.isoformat(),
-            "status": session.status}

@@ -30,9 +30,7 @@ def setup_problems(app: App, *, live: bool = True) -> list[str]:
                         "export it in the daemon's environment")
     if live and not problems:
         for channel in app.channels.values():
-            check = getattr(channel, "check", None)
-            if check is not None:
-                problems += check()
+            problems += channel.check()
     return problems
 
 

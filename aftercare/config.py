@@ -168,12 +168,17 @@ class Settings(BaseSettings):
     email: EmailConfig = EmailConfig()
     daemon: DaemonConfig = DaemonConfig()
 
+    @property
+    def longest_send_seconds(self) -> float:
+        """The longest one send may take: its channel's timeout plus its wait for the rate."""
+        return max(self.sms.timeout_seconds + 1 / self.sms.rate_per_second,
+                   self.email.timeout_seconds)
+
     @model_validator(mode="after")
     def _lease_outlasts_a_send(self) -> Settings:
         # A claim older than its lease is taken back; if one send can outlast the lease,
         # a slow send in flight could be taken back and sent twice.
-        longest = max(self.sms.timeout_seconds + 1 / self.sms.rate_per_second,
-                      self.email.timeout_seconds)
+        longest = self.longest_send_seconds
         if self.daemon.lease_seconds < 2 * longest:
             raise ValueError(f"daemon.lease_seconds ({self.daemon.lease_seconds}) must be at "
                              f"least {2 * longest:g}: twice the longest send (timeout plus "

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from sqlmodel import Session as DbSession
 
-from aftercare.bookings import session_json
 from aftercare.history import record
 from aftercare.models import Course, CourseStatus, SessionStatus
 from aftercare.planning import PlanChanges, Planner, replan
 from aftercare.queries import sessions_of
-
-
-def course_json(db: DbSession, course: Course) -> dict[str, object]:
-    """The JSON shape of `course show`."""
-    return {"id": course.id, "treatment": course.treatment, "status": course.status,
-            "sessions": [session_json(s) for s in sessions_of(db, course)]}
 
 
 def withdraw(db: DbSession, planner: Planner, course: Course,

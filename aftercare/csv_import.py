@@ -78,14 +78,6 @@ class ImportReport:
     def bad_rows(self) -> int:
         return len({p.line for p in self.problems})
 
-    def as_json(self) -> dict[str, Any]:
-        return {"rows": self.rows, "imported": self.imported, "unchanged": self.unchanged,
-                "bad_rows": self.bad_rows, "patients_added": self.patients_added,
-                "patients_updated": self.patients_updated,
-                "messages_planned": self.messages_planned,
-                "problems": [{"line": p.line, "field": p.field, "problem": p.problem}
-                             for p in self.problems]}
-
     def summary(self) -> str:
         skipped = f", {self.bad_rows} skipped" if self.problems else ""
         return (f"{self.rows} row(s): {self.imported} imported, {self.unchanged} unchanged"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from jinja2 import TemplateError
-from sqlalchemy import Engine, update
+from sqlalchemy import ColumnElement, Engine, Update, update
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
@@ -18,17 +20,11 @@ from aftercare.channels import Channel, Outgoing
 from aftercare.clock import Clock, system_clock, zone
 from aftercare.config import Settings
 from aftercare.errors import SendError, UserError
-from aftercare.models import (
-    Course,
-    CourseStatus,
-    Message,
-    MessageStatus,
-    Patient,
-    Session,
-    SessionStatus,
-)
+from aftercare.models import Course, Message, MessageStatus, Patient, Session, SessionStatus
+from aftercare.patients import close_route
+from aftercare.planning import Planner, replan, why_unwanted
 from aftercare.protocols import ProtocolBook
-from aftercare.reachability import close_route, email_instead
+from aftercare.queries import sessions_of
 from aftercare.rendering import Rendered, Renderer, message_context
 
 log = logging.getLogger(__name__)
@@ -55,19 +51,22 @@ class DispatchCounts:
         return sum(self.as_dict().values())
 
 
-@dataclass
-class _Prepared:
-    """A claimed message that passed its checks, rendered and addressed."""
+@dataclass(frozen=True)
+class Claim:
+    """A row this sender holds in `sending`; every later write to it is guarded by `token`."""
 
-    outgoing: Outgoing
-    claimed_at: datetime
-    attempts: int
-    patient_id: int
+    message_id: int
+    token: str
+    channel: str
 
 
 @dataclass
 class Dispatcher:
-    """Sends what is due. One instance per process; safe to call from one thread at a time."""
+    """Sends what is due. Several may share a database: each claim owns its rows.
+
+    One pass runs at a time per instance; the clock is the app's one clock, read afresh for
+    every message so a long pass never judges a message on the time it started.
+    """
 
     engine: Engine
     settings: Settings
@@ -75,109 +74,161 @@ class Dispatcher:
     renderer: Renderer
     channels: Mapping[str, Channel]
     rng: random.Random = field(default_factory=random.Random)
-    clock: Clock = system_clock  # renews claims: a lease counts from each send, not the batch
+    clock: Clock = system_clock
+    # Tokens of this instance's claims in flight: its own recovery leaves them alone.
+    _live: set[str] = field(default_factory=set, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def run_once(self, stop: threading.Event | None = None) -> DispatchCounts:
         """Send everything due, batch by batch, until nothing is left or `stop` is set."""
-        now = self.clock()
         counts = DispatchCounts()
         while stop is None or not stop.is_set():
-            claimed = self.claim(now, self.settings.daemon.batch_size)
-            if not claimed:
+            claims = self.claim(self.batch_limit())
+            if not claims:
                 break
-            for index, message_id in enumerate(claimed):
-                if stop is not None and stop.is_set():
-                    self._release(claimed[index:])
-                    break
-                outcome = self.process(message_id, now)
-                setattr(counts, outcome, getattr(counts, outcome) + 1)
+            try:
+                for index, claim in enumerate(claims):
+                    if stop is not None and stop.is_set():
+                        self._release(claims[index:])
+                        break
+                    outcome = self._process_safely(claim)
+                    if outcome is not None:
+                        setattr(counts, outcome, getattr(counts, outcome) + 1)
+            finally:
+                with self._lock:
+                    self._live.discard(claims[0].token)
         if counts.total:
             log.info("dispatch: %s", " ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
         return counts
 
-    def claim(self, now: datetime, limit: int) -> list[int]:
-        """Mark up to `limit` due rows as sending, committed before any network call."""
+    def batch_limit(self) -> int:
+        """How many rows one claim may take: as many as can be sent within half a lease,
+        even if every send takes its whole timeout, so no row waits out its lease."""
+        fits = self.settings.daemon.lease_seconds / 2 / self.settings.longest_send_seconds
+        return max(1, min(self.settings.daemon.batch_size, int(fits)))
+
+    def claim(self, limit: int) -> list[Claim]:
+        """Mark up to `limit` due rows as sending under a new token, committed before any
+        network call."""
+        now, token = self.clock(), uuid.uuid4().hex
+        with self._lock:
+            self._live.add(token)
         with DbSession(self.engine) as db:
             # SKIP LOCKED lets several daemons share PostgreSQL without claiming the same row;
             # SQLite ignores it and relies on BEGIN IMMEDIATE (one writer at a time).
-            ids = list(db.exec(
-                select(Message.id)
+            rows = db.exec(
+                select(Message.id, Message.channel)
                 .where(Message.status == MessageStatus.PENDING, Message.send_after <= now)
                 .order_by(col(Message.send_after), col(Message.id))
                 .limit(limit)
                 .with_for_update(skip_locked=True)
-            ).all())
+            ).all()
+            ids = [row[0] for row in rows]
             if ids:
                 # No status guard here: the rows are already ours (same IMMEDIATE transaction
                 # on SQLite, row locks on PostgreSQL), and SQLite would plan `status = ?`
                 # through the status index, walking every pending row instead of the ids.
+                # Attempts count when a send starts (see `process`), not here: a claim given
+                # back or taken over unstarted has cost the message nothing.
                 db.exec(update(Message)
                         .where(col(Message.id).in_(ids))
-                        .values(status=MessageStatus.SENDING, claimed_at=now,
-                                attempts=Message.attempts + 1, updated_at=now))
+                        .values(status=MessageStatus.SENDING, claim_token=token, claimed_at=now,
+                                updated_at=now))
             db.commit()
-        return [i for i in ids if i is not None]
+        if not ids:
+            with self._lock:
+                self._live.discard(token)
+        return [Claim(message_id, token, channel) for message_id, channel in rows
+                if message_id is not None]
 
-    def process(self, message_id: int, now: datetime) -> str:
-        """Check, render and send one claimed message; returns the outcome's name."""
+    def process(self, claim: Claim) -> str | None:
+        """Check, render and send one claimed message; the outcome's name, or None when the
+        claim is no longer this sender's (another took the row over after its lease)."""
+        now = self.clock()
         with DbSession(self.engine) as db:
-            # Locked (PostgreSQL; SQLite's IMMEDIATE transaction already is) so recovery
-            # cannot requeue the row between this check and the renewed claim below.
-            message = db.get(Message, message_id, with_for_update=True)
-            if message is None or message.status != MessageStatus.SENDING:
-                return "cancelled"
-            prepared = self._prepare(db, message, now)
-            if isinstance(prepared, str):
-                if prepared in ("deferred", "expired", "cancelled"):
-                    # Nothing was attempted: the claim's attempt does not count.
-                    message.attempts, message.claimed_at = message.attempts - 1, None
+            # Locked (PostgreSQL; SQLite's IMMEDIATE transaction already is), so checking the
+            # token and renewing the claim below is one compare-and-swap: recovery elsewhere
+            # cannot take the row between the two.
+            message = db.get(Message, claim.message_id, with_for_update=True)
+            if message is None or not _owned(message, claim):
+                log.warning("message %s: claim taken over by another sender; left to it",
+                            claim.message_id)
+                return None
+            outcome = self._prepare(db, message, now)
+            if isinstance(outcome, str):
+                message.claim_token = message.claimed_at = None
                 message.updated_at = now
                 db.add(message)
                 db.commit()
                 log.debug("message %s (%s/%s): %s", message.id, message.step, message.channel,
-                          prepared)
-                return prepared
+                          outcome)
+                return outcome
+            # Renew the claim: the lease covers this send, counted from now. The attempt
+            # counts from here, committed before the network call.
+            message.claimed_at = now
+            message.attempts += 1
             db.add(message)
             db.commit()  # end the transaction before the network call: SQLite must not stay locked
-        channel = self.channels[prepared.outgoing.channel]
+        channel = self.channels[claim.channel]
         try:
-            provider_id = channel.send(prepared.outgoing)
+            provider_id = channel.send(outcome)
         except SendError as exc:
-            return self._record_failure(prepared, exc, now)
+            return self._record_failure(claim, exc)
         except Exception as exc:
             # A bug or an unexpected library error: keep the message, retry later. Only the
             # type is logged at INFO and above; its text may carry an address.
-            log.error("message %s: unexpected %s from channel %s", message_id,
+            log.error("message %s: unexpected %s from channel %s", claim.message_id,
                       type(exc).__name__, channel.name)
-            log.debug("message %s: channel error detail", message_id, exc_info=True)
-            return self._record_failure(prepared, SendError(repr(exc), permanent=False), now)
-        return self._record_sent(prepared, provider_id, now)
+            log.debug("message %s: channel error detail", claim.message_id, exc_info=True)
+            return self._record_failure(claim, SendError(repr(exc), permanent=False))
+        try:
+            return self._record_sent(claim, provider_id)
+        except Exception as exc:
+            # Sent, but not recorded: retrying now could send it twice. The claim stays;
+            # after its lease, recovery asks the provider and adopts the message.
+            log.error("message %s: sent, but recording it failed (%s); recovery will settle it",
+                      claim.message_id, type(exc).__name__)
+            return None
 
-    def _prepare(self, db: DbSession, message: Message, now: datetime) -> _Prepared | str:
-        """The message ready to send, or the outcome that replaces sending it."""
+    def _process_safely(self, claim: Claim) -> str | None:
+        """`process`, with one message's unexpected error kept from ending the pass."""
+        try:
+            return self.process(claim)
+        except Exception as exc:
+            log.error("message %s: unexpected %s while dispatching; retried later",
+                      claim.message_id, type(exc).__name__)
+            log.debug("message %s: error detail", claim.message_id, exc_info=True)
+            try:
+                return self._record_failure(claim, SendError(
+                    f"internal error: {type(exc).__name__}", permanent=False), count_attempt=True)
+            except Exception:
+                # The database itself is failing: the claim stays; recovery settles it later.
+                log.error("message %s: cannot record the error either", claim.message_id)
+                return None
+
+    def _prepare(self, db: DbSession, message: Message, now: datetime) -> Outgoing | str:
+        """The message rendered and addressed, or the outcome that replaces sending it."""
         patient = db.get(Patient, message.patient_id)
         course = db.get(Course, message.course_id)
         session = db.get(Session, message.session_id)
         assert patient is not None and course is not None and session is not None
-        reason = _why_not(patient, course, session, message.channel)
-        if reason is None and self._superseded(db, course, session, message.step):
-            reason = "a later session is booked or done"
+        planner = Planner.from_settings(self.settings, self.protocols, self.clock)
+        reason = why_unwanted(db, planner, message, patient, course, session)
         if reason is not None:
-            if email_instead(db, patient, message, now):
-                reason += "; sent by email instead"
-            message.status, message.last_error = MessageStatus.CANCELLED, reason
+            message.status, message.last_error = MessageStatus.CANCELLED, reason[:500]
+            db.add(message)
+            # A change this claim outlived (e.g. a route closed): the plan follows it, by
+            # the same rule as any change, e.g. email standing in where consented.
+            replan(db, planner, course, reason)
             return "cancelled"
-        if now >= message.expires_at:
+        allowed = self.settings.messaging.quiet_hours.send_time(
+            now, message.expires_at, zone(patient.timezone))
+        if allowed is None:
             message.status = MessageStatus.EXPIRED
-            message.last_error = "found due after its validity window"
+            message.last_error = ("found due after its validity window" if now >= message.expires_at
+                                  else "validity window ends inside quiet hours")
             return "expired"
-        tz = zone(patient.timezone)
-        allowed = self.settings.messaging.quiet_hours.next_allowed(now, tz)
         if allowed > now:
-            if allowed >= message.expires_at:
-                message.status = MessageStatus.EXPIRED
-                message.last_error = "validity window ends inside quiet hours"
-                return "expired"
             message.status, message.send_after = MessageStatus.PENDING, allowed
             return "deferred"
         try:
@@ -189,50 +240,29 @@ class Dispatcher:
             return "failed"
         to = patient.phone if message.channel == "sms" else patient.email
         assert to is not None and message.id is not None
-        outgoing = Outgoing(message_id=message.id, channel=message.channel, to=to,
-                            patient_name=patient.name, timezone=patient.timezone,
-                            step=message.step, text=rendered.text, subject=rendered.subject,
-                            html=rendered.html, at=now)
         # Stored before the network call: recovery after a crash recognises it at the provider.
         message.body, message.subject = rendered.text, rendered.subject
-        # Renew the claim: the lease covers this send, however long the batch took so far.
-        message.claimed_at = self.clock()
-        return _Prepared(outgoing, message.claimed_at, message.attempts, patient.id or 0)
-
-    def _superseded(self, db: DbSession, course: Course, session: Session, step_key: str) -> bool:
-        """Whether a step that only makes sense as the latest word has been overtaken."""
-        try:
-            step = self.protocols.get(course.treatment).step(step_key)
-        except (UserError, KeyError):
-            return False
-        # Nudges to book and maintenance reminders are moot once a later visit exists,
-        # whatever the protocol says (a claim that outlived the booking comes back here).
-        if not (step.skip_if_later_session or step.anchor in ("rebooking", "maintenance")):
-            return False
-        return db.exec(select(Session.id).where(
-            Session.course_id == course.id, Session.at > session.at,
-            col(Session.status).in_([SessionStatus.BOOKED, SessionStatus.COMPLETED]))
-        ).first() is not None
+        return Outgoing(message_id=message.id, channel=message.channel, to=to,
+                        patient_name=patient.name, timezone=patient.timezone,
+                        step=message.step, text=rendered.text, subject=rendered.subject,
+                        html=rendered.html, at=now)
 
     def _render(self, db: DbSession, message: Message, patient: Patient, course: Course,
                 session: Session) -> Rendered:
         protocol = self.protocols.get(course.treatment)
         step = protocol.step(message.step)
+        sessions = sessions_of(db, course)
         # Aftercare, nudges and maintenance are anchored on a completed session already.
         done: Session | None = session
         next_session: Session | None = None
         if step.anchor == "next_session":
-            done = db.exec(select(Session)
-                           .where(Session.course_id == course.id, Session.at < session.at,
-                                  Session.status == SessionStatus.COMPLETED)
-                           .order_by(col(Session.at).desc())).first()
+            done = next((s for s in reversed(sessions)
+                         if s.at < session.at and s.status == SessionStatus.COMPLETED), None)
             # A reminder of a booked session speaks of it and of the last session done.
             next_session, session = session, done or session
         elif step.anchor == "session":
-            next_session = db.exec(select(Session)
-                                   .where(Session.course_id == course.id, Session.at > session.at,
-                                          Session.status == SessionStatus.BOOKED)
-                                   .order_by(col(Session.at))).first()
+            next_session = next((s for s in sessions
+                                 if s.at > session.at and s.status == SessionStatus.BOOKED), None)
         first_sms = message.channel == "sms" and db.exec(
             select(Message.id).where(Message.patient_id == patient.id, Message.channel == "sms",
                                      Message.status == MessageStatus.SENT).limit(1)
@@ -242,62 +272,67 @@ class Dispatcher:
                                   occurrence=message.occurrence)
         return self.renderer.render(patient.locale, message.step, message.channel, context)
 
-    def _record_sent(self, prepared: _Prepared, provider_id: str, now: datetime) -> str:
-        out = prepared.outgoing
+    def _record_sent(self, claim: Claim, provider_id: str) -> str:
+        now = self.clock()
         with DbSession(self.engine) as db:
-            # Compare-and-swap on the claim: if recovery re-queued this row meanwhile, the
-            # row is no longer ours and must not be overwritten.
-            result = db.exec(update(Message)
-                             .where(col(Message.id) == out.message_id,
-                                    col(Message.status) == MessageStatus.SENDING,
-                                    col(Message.claimed_at) == prepared.claimed_at)
-                             .values(status=MessageStatus.SENT, sent_at=now,
-                                     provider_id=provider_id, last_error=None,
-                                     updated_at=now))
+            # Compare-and-swap on the claim: a row another sender took over is no longer ours
+            # and must not be overwritten.
+            result = db.exec(_guarded(claim).values(
+                status=MessageStatus.SENT, sent_at=now, provider_id=provider_id, last_error=None,
+                claim_token=None, updated_at=now))
             db.commit()
         if result.rowcount != 1:
-            log.warning("message %s was sent but its claim had been taken over", out.message_id)
-        log.debug("message %s (%s/%s): sent", out.message_id, out.step, out.channel)
+            log.warning("message %s was sent but its claim had been taken over", claim.message_id)
+        log.debug("message %s (%s): sent", claim.message_id, claim.channel)
         return "sent"
 
-    def _record_failure(self, prepared: _Prepared, exc: SendError, now: datetime) -> str:
-        out = prepared.outgoing
-        limit = getattr(self.settings, out.channel).max_attempts
-        retry = not exc.permanent and prepared.attempts < limit
+    def _record_failure(self, claim: Claim, exc: SendError, *,
+                        count_attempt: bool = False) -> str | None:
+        """Record a failed try; `count_attempt` for one that failed before its send started
+        (an internal error), so a message that always fails still runs out of attempts."""
+        now = self.clock()
         error = (f"{exc.code}: {exc.reason}" if exc.code else exc.reason)[:500]
-        values: dict[str, object] = {"last_error": error, "updated_at": now, "claimed_at": None}
-        if exc.setup_problem:
-            # Not this message's fault: it keeps its attempts and waits for the fix.
-            values |= {"status": MessageStatus.PENDING, "attempts": Message.attempts - 1,
-                       "send_after": now + timedelta(seconds=min(
-                           SETUP_RETRY_SECONDS, self.settings.daemon.retry_max_seconds))}
-            retry = True
-        elif exc.unknown_outcome:
-            # Keep the claim: once its lease runs out, recovery asks the provider whether
-            # the message arrived and adopts it, and only otherwise sends it again.
-            values = {"last_error": error, "updated_at": now}
-            retry = True
-        elif retry:
-            values |= {"status": MessageStatus.PENDING,
-                       "send_after": now + self.backoff(prepared.attempts)}
-        else:
-            values |= {"status": MessageStatus.FAILED}
         with DbSession(self.engine) as db:
-            result = db.exec(update(Message)
-                             .where(col(Message.id) == out.message_id,
-                                    col(Message.status) == MessageStatus.SENDING,
-                                    col(Message.claimed_at) == prepared.claimed_at)
-                             .values(**values))
-            if result.rowcount == 1 and exc.consequence:
-                patient, message = db.get(Patient, prepared.patient_id), db.get(Message, out.message_id)
-                assert patient is not None and message is not None
-                close_route(db, patient, exc.consequence, message, now)
-                log.warning("patient %s: %s; pending %s messages moved or cancelled",
-                            patient.id, exc.consequence, out.channel)
+            # Locked and checked in one transaction: a compare-and-swap on the claim.
+            message = db.get(Message, claim.message_id, with_for_update=True)
+            if message is None or not _owned(message, claim):
+                log.warning("message %s: claim taken over before its failure was recorded",
+                            claim.message_id)
+                return None
+            message.attempts += count_attempt
+            retry = not exc.permanent and message.attempts < getattr(
+                self.settings, claim.channel).max_attempts
+            message.last_error, message.updated_at = error, now
+            if exc.unknown_outcome:
+                # Keep the claim: once its lease runs out, recovery asks the provider whether
+                # the message arrived and adopts it, and only otherwise sends it again.
+                retry = True
+            else:
+                message.claim_token = message.claimed_at = None
+                if exc.setup_problem:
+                    # Not this message's fault: it keeps its attempts and waits for the fix.
+                    message.status, message.attempts = MessageStatus.PENDING, message.attempts - 1
+                    message.send_after = now + timedelta(seconds=min(
+                        SETUP_RETRY_SECONDS, self.settings.daemon.retry_max_seconds))
+                    retry = True
+                elif retry:
+                    message.status = MessageStatus.PENDING
+                    message.send_after = now + self.backoff(message.attempts)
+                else:
+                    message.status = MessageStatus.FAILED
+            db.add(message)
+            if exc.consequence:
+                patient = db.get(Patient, message.patient_id)
+                assert patient is not None
+                planner = Planner.from_settings(self.settings, self.protocols, self.clock)
+                close_route(db, planner, patient, exc.consequence,
+                            f"{claim.channel} provider {exc.code or 'refusal'}")
+                log.warning("patient %s: %s; the plan follows", patient.id, exc.consequence)
+            attempts = message.attempts
             db.commit()
         outcome = "retrying" if retry else "failed"
-        log.warning("message %s (%s/%s): %s after attempt %s: %s", out.message_id, out.step,
-                    out.channel, outcome, prepared.attempts, error)
+        log.warning("message %s (%s): %s after attempt %s: %s", claim.message_id, claim.channel,
+                    outcome, attempts, error)
         return outcome
 
     def backoff(self, attempts: int) -> timedelta:
@@ -306,31 +341,35 @@ class Dispatcher:
         delay = min(daemon.retry_base_seconds * 2 ** (attempts - 1), daemon.retry_max_seconds)
         return timedelta(seconds=delay * self.rng.uniform(0.8, 1.2))
 
-    def _release(self, ids: list[int]) -> None:
+    def _release(self, claims: list[Claim]) -> None:
         """Give back claims not started (shutdown): they were never attempted."""
         with DbSession(self.engine) as db:
-            # Only this process handled these claims and it never started them.
-            db.exec(update(Message)
-                    .where(col(Message.id).in_(ids))
-                    .values(status=MessageStatus.PENDING, claimed_at=None,
-                            attempts=Message.attempts - 1))
+            for claim in claims:
+                # Guarded: a row another sender took over meanwhile stays with it.
+                db.exec(_guarded(claim).values(status=MessageStatus.PENDING, claim_token=None,
+                                               claimed_at=None))
             db.commit()
 
     def recover_stale(self) -> int:
-        """Settle rows whose claim outlived its lease (the process died mid-send).
+        """Settle rows whose claim outlived its lease (their sender died mid-send).
 
-        An SMS the provider already accepted is adopted, not sent again; one it cannot
-        vouch for right now stays claimed until the next round. A row interrupted as often
-        as its channel allows attempts is failed, so one message that crashes the sender
-        cannot block the queue forever. Returns how many rows went back to pending.
+        Claims of this instance's pass in flight are left alone. An SMS the provider already
+        accepted is adopted, not sent again; one it cannot vouch for right now stays claimed
+        until the next round. A row interrupted as often as its channel allows attempts is
+        failed, so one message that crashes the sender cannot block the queue forever.
+        Returns how many rows went back to pending.
         """
+        with self._lock:
+            live = set(self._live)
         now = self.clock()
         lease = timedelta(seconds=self.settings.daemon.lease_seconds)
         with DbSession(self.engine) as db:
-            stale = db.exec(select(Message, Patient)
-                            .join(Patient, col(Patient.id) == Message.patient_id)
-                            .where(Message.status == MessageStatus.SENDING,
-                                   col(Message.claimed_at) < now - lease)).all()
+            stale = [(message, patient) for message, patient in db.exec(
+                select(Message, Patient)
+                .join(Patient, col(Patient.id) == Message.patient_id)
+                .where(Message.status == MessageStatus.SENDING,
+                       col(Message.claimed_at) < now - lease)).all()
+                if message.claim_token not in live]
         requeued = adopted = failed = 0
         for message, patient in stale:
             try:
@@ -352,11 +391,14 @@ class Dispatcher:
                 values = {"status": MessageStatus.PENDING}
                 requeued += 1
             with DbSession(self.engine) as db:
+                # Compare-and-swap on the claim as it was seen stale: a sender that renewed
+                # it meanwhile (its send started after all) keeps it.
                 db.exec(update(Message)
                         .where(col(Message.id) == message.id,
                                col(Message.status) == MessageStatus.SENDING,
+                               _same(Message.claim_token, message.claim_token),
                                col(Message.claimed_at) == message.claimed_at)
-                        .values(claimed_at=None, updated_at=now, **values))
+                        .values(claim_token=None, claimed_at=None, updated_at=now, **values))
                 db.commit()
         if stale:
             log.warning("interrupted sends: %s adopted, %s requeued, %s failed", adopted,
@@ -365,18 +407,25 @@ class Dispatcher:
 
     def _already_sent(self, message: Message, patient: Patient) -> str | None:
         """The provider's id if it accepted this message before the interruption."""
-        find_sent = getattr(self.channels.get(message.channel), "find_sent", None)
-        if find_sent is None or not message.body or message.claimed_at is None:
-            return None  # email: sent again under the same Message-ID
-        return find_sent(patient.phone, message.body, message.claimed_at)
+        to = patient.phone if message.channel == "sms" else patient.email
+        if not message.body or message.claimed_at is None or not to:
+            return None
+        return self.channels[message.channel].find_sent(to, message.body, message.claimed_at)
 
 
-def _why_not(patient: Patient, course: Course, session: Session, channel: str) -> str | None:
-    """Why a claimed message must not go out any more, or None."""
-    if course.status == CourseStatus.WITHDRAWN:
-        return "course withdrawn"
-    if session.status == SessionStatus.CANCELLED:
-        return "session cancelled"
-    if session.status == SessionStatus.NO_SHOW:
-        return "session missed"
-    return patient.unreachable_reason(channel)
+def _owned(message: Message, claim: Claim) -> bool:
+    """Whether the row is still in `sending` under this claim."""
+    return message.status == MessageStatus.SENDING and message.claim_token == claim.token
+
+
+def _guarded(claim: Claim) -> Update:
+    """An UPDATE of the claimed row that changes nothing unless the claim is still ours."""
+    return (update(Message)
+            .where(col(Message.id) == claim.message_id,
+                   col(Message.status) == MessageStatus.SENDING,
+                   col(Message.claim_token) == claim.token))
+
+
+def _same(column: Any, value: str | None) -> ColumnElement[bool]:
+    """`column = value`, where NULL matches NULL (rows claimed before claim tokens)."""
+    return col(column).is_(None) if value is None else col(column) == value

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session as DbSession
 from sqlmodel import col, func, select
 
-from aftercare.clock import iso
 from aftercare.models import Message, MessageStatus
 
 
@@ -22,22 +20,6 @@ def list_messages(db: DbSession, *, patient_id: int | None = None,
     if status is not None:
         query = query.where(Message.status == status)
     return list(db.exec(query).all())
-
-
-def message_json(message: Message) -> dict[str, Any]:
-    """The JSON shape of a message in `messages --json` and `enroll --json`."""
-    return {
-        "id": message.id,
-        "patient_id": message.patient_id,
-        "step": message.step,
-        "channel": message.channel,
-        "send_after": iso(message.send_after),
-        "status": message.status,
-        "attempts": message.attempts,
-        "provider_id": message.provider_id,
-        "last_error": message.last_error,
-        "sent_at": iso(message.sent_at),
-    }
 
 
 def next_due(engine: Engine) -> datetime | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import phonenumbers
@@ -10,13 +10,13 @@ from email_validator import EmailNotValidError, validate_email
 from sqlmodel import Session as DbSession
 from sqlmodel import select
 
-from aftercare.clock import Clock, iso, zone
-from aftercare.errors import UserError
+from aftercare.clock import Clock, zone
+from aftercare.errors import SMS_OPTED_OUT, UserError
 from aftercare.history import record
 from aftercare.models import Patient
 from aftercare.planning import PlanChanges, Planner, replan_patient
 from aftercare.protocols import CHANNELS
-from aftercare.queries import courses_of
+from aftercare.reachability import CLOSED_BY
 
 
 def normalize_phone(text: str, country: str) -> str:
@@ -192,25 +192,26 @@ def set_opt_out(db: DbSession, planner: Planner, patient: Patient, channel: str,
     db.add(patient)
     what = f"patient opted {'out of' if opted_out else 'back in to'} {channel}"
     record(db, now, f"patient.{'opted_out' if opted_out else 'opted_in'}", patient.id, channel)
-    plan = replan_patient(db, planner, patient, what)
-    return plan
+    return replan_patient(db, planner, patient, what)
 
 
-def patient_json(db: DbSession, patient: Patient) -> dict[str, Any]:
-    """The JSON shape of `patient show`: contact data, consent, opt-outs and courses."""
-    courses = courses_of(db, patient.id)
-    return {
-        **{f.name: getattr(patient, f.name) for f in fields(NewPatient) if f.name != "channels"},
-        "id": patient.id,
-        "channels": patient.channel_list,
-        "opted_out": {c: iso(getattr(patient, f"{c}_opted_out_at")) for c in CHANNELS},
-        "invalid": {"phone": iso(patient.phone_invalid_at),
-                    "email": iso(patient.email_invalid_at)},
-        "reachable": {c: patient.unreachable_reason(c) is None for c in CHANNELS},
-        "forgotten_at": iso(patient.forgotten_at),
-        "created_at": iso(patient.created_at),
-        "courses": [{"id": c.id, "treatment": c.treatment, "status": c.status} for c in courses],
-    }
+def close_route(db: DbSession, planner: Planner, patient: Patient, consequence: str,
+                source: str) -> PlanChanges:
+    """A provider's verdict closes a route (STOP, invalid number, refused address).
+
+    Recorded in the history like a desk change, then the one planning rule decides what
+    follows: pending messages on that route are cancelled, and email stands in only where
+    the patient consented to email. `source` names the verdict, e.g. "Twilio 21610".
+    """
+    channel, flag, reason = CLOSED_BY[consequence]
+    if getattr(patient, flag) is not None:
+        return PlanChanges()
+    now = planner.clock()
+    setattr(patient, flag, now)
+    db.add(patient)
+    kind = "patient.opted_out" if consequence == SMS_OPTED_OUT else f"patient.{consequence}"
+    record(db, now, kind, patient.id, f"{channel} ({source})")
+    return replan_patient(db, planner, patient, f"{reason} ({source})")
 
 
 def find_patient(db: DbSession, ident: str) -> Patient:

@@ -18,6 +18,8 @@ from sqlmodel import Session as DbSession
 from sqlmodel import select
 
 from aftercare.clock import Clock, zone
+from aftercare.config import Settings
+from aftercare.errors import UserError
 from aftercare.history import record
 from aftercare.models import (
     LIVE_SESSIONS,
@@ -45,6 +47,12 @@ class Planner:
     quiet: QuietHours
     horizon: timedelta
     clock: Clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings, protocols: ProtocolBook, clock: Clock) -> Planner:
+        messaging = settings.messaging
+        return cls(protocols, messaging.quiet_hours,
+                   timedelta(days=messaging.maintenance_horizon_days), clock)
 
 
 @dataclass
@@ -90,7 +98,7 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
     _settle_status(course, sessions)
     db.add(course)
     wants: dict[Key, _Want] = {}
-    if course.status != CourseStatus.WITHDRAWN and patient.forgotten_at is None:
+    if _closed(course, patient) is None:
         wants = {(w.session.id or 0, w.step.key, w.occurrence, w.channel): w
                  for w in _wanted(planner, protocol, course, patient, sessions)}
     # Locked so a dispatcher on PostgreSQL (SKIP LOCKED) cannot claim a row this changes;
@@ -183,27 +191,70 @@ def _wanted(planner: Planner, protocol: Protocol, course: Course, patient: Patie
             for channel in routes(step.channels, patient):
                 yield _Want(session, step, occurrence, channel, step.planned_at(moment, tz))
 
+    def current(steps: list[Step], session: Session) -> list[Step]:
+        return [step for step in steps if not superseded(step, session, sessions)]
+
     live = [s for s in sessions if s.status in LIVE_SESSIONS]
     completed = [s for s in live if s.status == SessionStatus.COMPLETED]
     booked = [s for s in live if s.status == SessionStatus.BOOKED]
     for session in completed:
         steps = [s for s in protocol.steps_for("session")
                  if s.applies_to(session.number, course.sessions_planned)]
-        yield from each(session, steps, session.at)
+        yield from each(session, current(steps, session), session.at)
     for session in booked:
-        yield from each(session, protocol.steps_for("next_session"), session.at, session.moves)
+        yield from each(session, current(protocol.steps_for("next_session"), session),
+                        session.at, session.moves)
     if not completed:
         return
     last = completed[-1]
-    if any(s.at > last.at for s in booked):
-        return  # the next visit is booked: its reminders speak, nudges would be wrong
     if last.number < course.sessions_planned:
         due = last.at + timedelta(days=course.spacing_days)
-        yield from each(last, protocol.steps_for("rebooking"), due)
+        yield from each(last, current(protocol.steps_for("rebooking"), last), due)
     elif protocol.maintenance is not None:
+        steps = current(protocol.steps_for("maintenance"), last)
         for occurrence, offset in enumerate(protocol.maintenance.offsets(planner.horizon), 1):
-            yield from each(last, protocol.steps_for("maintenance"), last.at + offset,
-                            occurrence)
+            yield from each(last, steps, last.at + offset, occurrence)
+
+
+def superseded(step: Step, session: Session, sessions: Iterable[Session]) -> bool:
+    """Whether a later visit makes `step` of `session` moot: nudges to book, maintenance
+    reminders and steps marked skip_if_later_session, once a later session is booked or done."""
+    if not (step.skip_if_later_session or step.anchor in ("rebooking", "maintenance")):
+        return False
+    return any(s.at > session.at and s.status in LIVE_SESSIONS for s in sessions)
+
+
+def why_unwanted(db: DbSession, planner: Planner, message: Message, patient: Patient,
+                 course: Course, session: Session) -> str | None:
+    """Why the plan no longer wants `message` sent, or None: `replan`'s rule, asked again
+    at send time for a row claimed before a change reached it."""
+    closed = _closed(course, patient)
+    if closed is not None:
+        return closed
+    if session.status == SessionStatus.CANCELLED:
+        return "session cancelled"
+    if session.status == SessionStatus.NO_SHOW:
+        return "session missed"
+    try:
+        step = planner.protocols.get(course.treatment).step(message.step)
+    except (UserError, KeyError):
+        return f"step {message.step} is no longer in the {course.treatment} protocol"
+    if superseded(step, session, sessions_of(db, course)):
+        return "a later session is booked or done"
+    channels = routes(step.channels, patient)
+    if message.channel not in channels:
+        return patient.unreachable_reason(message.channel) or \
+            f"this step goes by {' and '.join(channels) or 'no channel'} now"
+    return None
+
+
+def _closed(course: Course, patient: Patient) -> str | None:
+    """Why nothing at all is planned for the course, or None."""
+    if course.status == CourseStatus.WITHDRAWN:
+        return "course withdrawn"
+    if patient.forgotten_at is not None:
+        return "patient forgotten"
+    return None
 
 
 def _window(want: _Want, tz: ZoneInfo, quiet: QuietHours, now: datetime, *,
@@ -216,18 +267,20 @@ def _window(want: _Want, tz: ZoneInfo, quiet: QuietHours, now: datetime, *,
     first = quiet.next_allowed(want.planned_at, tz)
     if first + step.valid_for <= now:
         return None
-    # Planned late (enrolled late, session moved closer): what is still relevant goes now,
-    # with a full window from now.
-    send_after = quiet.next_allowed(max(first, now), tz)
-    expires_at = send_after + step.valid_for
+    deadlines = []
     if keep_window:
-        expires_at = min(expires_at, first + step.valid_for)
+        deadlines.append(first + step.valid_for)
     if step.anchor == "next_session":
         # A reminder of a session is worthless once the session has begun.
-        expires_at = min(expires_at, want.session.at)
-    if expires_at <= send_after:
+        deadlines.append(want.session.at)
+    deadline = min(deadlines, default=None)
+    # Planned late (enrolled late, session moved closer): what is still relevant goes now,
+    # with a full window from now.
+    send_after = quiet.send_time(max(first, now), deadline, tz)
+    if send_after is None:
         return None
-    return send_after, expires_at
+    expires_at = send_after + step.valid_for
+    return send_after, expires_at if deadline is None else min(expires_at, deadline)
 
 
 def _cancel(row: Message, reason: str, now: datetime) -> None:

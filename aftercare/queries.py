@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
-from aftercare.models import Course, Session
+from aftercare.models import Course, Patient, Session
 
 
 def sessions_of(db: DbSession, course: Course) -> list[Session]:
@@ -18,3 +20,20 @@ def courses_of(db: DbSession, patient_id: int | None) -> list[Course]:
     """The patient's courses, oldest first, whatever their status."""
     return list(db.exec(select(Course).where(Course.patient_id == patient_id)
                         .order_by(col(Course.id))).all())
+
+
+def patients_by_id(db: DbSession, ids: Iterable[int]) -> dict[int | None, Patient]:
+    """The patients with these ids, by id; an id with no patient is left out."""
+    wanted = set(ids)
+    if not wanted:
+        return {}
+    return {p.id: p for p in db.exec(select(Patient).where(col(Patient.id).in_(wanted))).all()}
+
+
+def treatments_by_course(db: DbSession, course_ids: Iterable[int]) -> dict[int | None, str]:
+    """Each course's treatment key, by course id; an id with no course is left out."""
+    wanted = set(course_ids)
+    if not wanted:
+        return {}
+    return {c.id: c.treatment
+            for c in db.exec(select(Course).where(col(Course.id).in_(wanted))).all()}

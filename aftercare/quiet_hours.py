@@ -32,3 +32,10 @@ class QuietHours:
             day += timedelta(days=1)
         # Built from the calendar date so 09:00 stays 09:00 across a DST change.
         return datetime.combine(day, self.end, tzinfo=tz).astimezone(UTC)
+
+    def send_time(self, moment: datetime, deadline: datetime | None,
+                  tz: ZoneInfo) -> datetime | None:
+        """When a message due at `moment` may reach the patient: the first allowed time, or
+        None when that is not before `deadline`. Planning and sending both ask this."""
+        allowed = self.next_allowed(moment, tz)
+        return allowed if deadline is None or allowed < deadline else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
@@ -43,12 +42,6 @@ class Entry:
         if len(reasons) == 1 and len(self.notes) == len(self.statuses):
             return reasons.pop()
         return "; ".join(f"{channel}: {why}" for channel, why in self.notes.items())
-
-    def as_json(self) -> dict[str, Any]:
-        return {"at": self.at.isoformat(), "kind": self.kind, "course_id": self.course_id,
-                "session_id": self.session_id, "label": self.label,
-                "status": self.status or None, "channels": self.statuses,
-                "notes": self.notes}
 
 
 def timeline(db: DbSession, patient: Patient,

@@ -81,11 +81,11 @@ def bench_claim(sizes: list[int], repeats: int) -> list[tuple[int, float, float]
             timings = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                claimed = dispatcher.claim(NOW, 50)
+                claimed = dispatcher.claim(50)
                 timings.append((time.perf_counter() - start) * 1000)
                 assert len(claimed) == 50
                 with app.engine.begin() as conn:
-                    conn.execute(text("UPDATE message SET status = 'pending', attempts = 0,"
+                    conn.execute(text("UPDATE message SET status = 'pending', claim_token = NULL,"
                                       " claimed_at = NULL WHERE status = 'sending'"))
             timings.sort()
             results.append((size, statistics.median(timings),

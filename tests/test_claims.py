@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 
 from aftercare.app import App
-from aftercare.channels import Outgoing
+from aftercare.channels import Channel, Outgoing
 from aftercare.dispatch import Dispatcher
 from conftest import Clinic, FixedClock, utc
 
@@ -24,7 +24,7 @@ DUE = SESSION + timedelta(hours=1)  # first_48h is due on sms and email
 WAIT = 20  # seconds a test thread may take before the test gives up (never reached when green)
 
 
-class GatedChannel:
+class GatedChannel(Channel):
     """A channel that runs the test's next action on each send (e.g. hold it in flight)."""
 
     def __init__(self, name: str, sends: Counter[int]) -> None:

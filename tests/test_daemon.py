@@ -11,7 +11,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from aftercare.channels import Outgoing
+from aftercare.channels import Channel, Outgoing
 from aftercare.daemon import run_daemon
 from conftest import Clinic, midday_zone
 
@@ -64,7 +64,7 @@ def test_stop_waits_for_the_send_in_flight(clinic: Clinic) -> None:
     in_flight, release = threading.Event(), threading.Event()
     stop = threading.Event()
 
-    class SlowChannel:
+    class SlowChannel(Channel):
         name = "sms"
 
         def send(self, message: Outgoing) -> str:

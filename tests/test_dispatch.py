@@ -12,7 +12,7 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
 from aftercare.app import App
-from aftercare.channels import Outgoing
+from aftercare.channels import Channel, Outgoing
 from aftercare.errors import SendError
 from aftercare.outbox import next_due
 from conftest import Clinic, FixedClock, recover_at, run_at, utc
@@ -20,7 +20,7 @@ from conftest import Clinic, FixedClock, recover_at, run_at, utc
 SESSION = utc("2026-03-02T10:30-05:00")  # a Monday, well away from DST
 
 
-class ScriptedChannel:
+class ScriptedChannel(Channel):
     """A channel whose outcomes the test scripts; records what it was asked to send."""
 
     def __init__(self, name: str, outcomes: list[Exception | None] | None = None,
@@ -220,16 +220,17 @@ def test_unexpected_channel_error_is_retried_not_lost(enrolled: Clinic) -> None:
 def test_crash_after_claim_is_recovered_after_the_lease(enrolled: Clinic) -> None:
     now = SESSION + timedelta(hours=1)
     sms = ScriptedChannel("sms")
-    dispatcher = _app(enrolled, FixedClock(now), sms=sms).dispatcher()
-    claimed = dispatcher.claim(now, 10)  # ...and the process dies before sending
+    claimed = _app(enrolled, FixedClock(now)).dispatcher().claim(10)  # ...then that process dies
     assert len(claimed) == 2
+    dispatcher = _app(enrolled, FixedClock(now), sms=sms).dispatcher()
     assert run_at(dispatcher, now).total == 0  # claimed rows are not sent twice
     assert recover_at(dispatcher, now + timedelta(seconds=299)) == 0
     later = now + timedelta(seconds=301)
     assert recover_at(dispatcher, later) == 2
     assert run_at(dispatcher, later).sent == 2
     assert [m.step for m in sms.sent] == ["first_48h"]
-    assert _status(enrolled, "first_48h", "sms")[:2] == ("sent", 2)
+    # The dead claim never started a send: it cost the message no attempt.
+    assert _status(enrolled, "first_48h", "sms")[:2] == ("sent", 1)
 
 
 def test_a_taken_over_claim_is_not_overwritten(enrolled: Clinic) -> None:
@@ -237,18 +238,18 @@ def test_a_taken_over_claim_is_not_overwritten(enrolled: Clinic) -> None:
     late = now + timedelta(minutes=10)
 
     def recover_meanwhile(message: Outgoing) -> None:
-        # The lease ran out while this send hung; recovery requeues and resends it.
+        # The lease ran out while this send hung; another sender requeues and resends it.
         if message.step == "first_48h" and not hung:
             hung.append(message)
-            recover_at(dispatcher, late)
-            assert run_at(dispatcher, late).sent == 1
+            recover_at(other, late)
+            assert run_at(other, late).sent == 1
 
     hung: list[Outgoing] = []
     sms = ScriptedChannel("sms", on_send=recover_meanwhile)
     app = _app(enrolled, FixedClock(now), sms=sms, email=ScriptedChannel("email"))
-    app.settings.daemon.batch_size = 1
+    other = _app(enrolled, FixedClock(now), email=ScriptedChannel("email")).dispatcher()
     dispatcher = app.dispatcher()
-    dispatcher.process(dispatcher.claim(now, 1)[0], now)
+    dispatcher.process(dispatcher.claim(1)[0])
     # The recovered send was recorded at `late`; the hung one must not overwrite it.
     assert enrolled.rows("SELECT status, sent_at FROM message WHERE step = 'first_48h' "
                          "AND channel = 'sms'") == [("sent", "2026-03-02 16:40:00.000000")]
@@ -300,11 +301,18 @@ def test_dispatch_queries_stay_on_indexes(enrolled: Clinic) -> None:
 
 def test_a_message_that_keeps_crashing_the_sender_is_failed(enrolled: Clinic) -> None:
     now = SESSION + timedelta(hours=1)
-    dispatcher = _app(enrolled, FixedClock(now)).dispatcher()
-    for crash in range(5):  # claimed, then the process dies mid-send, five times over
+
+    class Killed(BaseException):
+        """The process dies: nothing after the send starts gets recorded."""
+
+    for crash in range(5):  # the process dies mid-send, five times over
         moment = now + timedelta(hours=crash)
-        assert len(dispatcher.claim(moment, 1)) == 1
-        recover_at(dispatcher, moment + timedelta(minutes=6))
+        dying = _app(enrolled, FixedClock(moment), sms=ScriptedChannel("sms", [Killed()]))
+        dying.settings.daemon.batch_size = 1
+        with pytest.raises(Killed):
+            dying.dispatcher().run_once()
+        recover_at(_app(enrolled, FixedClock(moment)).dispatcher(),
+                   moment + timedelta(minutes=6))
     assert _status(enrolled, "first_48h", "sms") == ("failed", 5, "send interrupted 5 times")
     assert _status(enrolled, "first_48h", "email")[0] == "pending"
 
@@ -385,3 +393,20 @@ def test_send_time_check_drops_a_maintenance_reminder_the_plan_did_not_see(
     assert (counts.sent, counts.cancelled) == (0, 1)
     assert clinic.rows("SELECT status, last_error FROM message WHERE step = 'maintenance' "
                        "AND occurrence = 1") == [("cancelled", "a later session is booked or done")]
+
+
+def test_one_message_that_breaks_the_sender_does_not_end_the_pass(enrolled: Clinic) -> None:
+    now = SESSION + timedelta(hours=1)  # first_48h due on sms and email
+    app = _app(enrolled, FixedClock(now), sms=ScriptedChannel("sms"))
+    render = app.renderer.render
+
+    def broken_for_sms(locale: str, step: str, channel: str, context: dict) -> object:  # type: ignore[type-arg]
+        if channel == "sms":
+            raise RuntimeError("a bug")
+        return render(locale, step, channel, context)
+
+    app.renderer.render = broken_for_sms  # type: ignore[method-assign,assignment]
+    counts = app.dispatcher().run_once()
+    assert (counts.sent, counts.retrying) == (1, 1)
+    assert _status(enrolled, "first_48h", "sms") == ("pending", 1, "internal error: RuntimeError")
+    assert _status(enrolled, "first_48h", "email")[0] == "sent"

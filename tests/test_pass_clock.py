@@ -6,13 +6,13 @@ import io
 from collections.abc import Callable
 from datetime import timedelta
 
-from aftercare.channels import Outgoing
+from aftercare.channels import Channel, Outgoing
 from conftest import Clinic, FixedClock, utc
 
 EVENING = utc("2026-03-02T19:58-05:00")  # two minutes before quiet hours
 
 
-class SlowChannel:
+class SlowChannel(Channel):
     """Sends, then lets the test move the clock as a slow provider would."""
 
     def __init__(self, name: str, after_send: Callable[[], None]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fakes.smtp import FakeSmtp, TestCert, free_port
 
-from aftercare.channels import Outgoing
+from aftercare.channels import Channel, Outgoing
 from aftercare.channels.smtp_email import SmtpEmail
 from aftercare.config import ClinicConfig, EmailConfig
 from aftercare.errors import EMAIL_INVALID, SendError
@@ -175,7 +175,7 @@ def test_interrupted_email_is_resent_with_the_same_message_id(clinic: Clinic) ->
         app = clinic.app(clock=clock, console=io.StringIO())
         real = _channel(server)
 
-        class DiesAfterSending:
+        class DiesAfterSending(Channel):
             name = "email"
 
             def send(self, message: Outgoing) -> str:

@@ -141,9 +141,11 @@ def test_send_due_through_twilio_records_sid_attempts_and_errors(clinic: Clinic,
     assert fake_twilio.created[0]["body"].endswith("Reply STOP to opt out.")
 
 
-def test_stop_reply_opts_out_and_moves_the_plan_to_email(clinic: Clinic,
-                                                         fake_twilio: FakeTwilio) -> None:
-    _enroll_due_now(clinic, "--email", "jane@example.com", "--channels", "sms")
+def test_stop_reply_opts_out_and_leaves_the_plan_to_email(clinic: Clinic,
+                                                          fake_twilio: FakeTwilio) -> None:
+    # The patient consented to both: email goes on (an SMS-only patient gets no email,
+    # see test_reachability).
+    _enroll_due_now(clinic, "--email", "jane@example.com")
     config = twilio_config(clinic, fake_twilio)
     fake_twilio.script(error(400, 21610, "Attempt to send to unsubscribed recipient"))
     counts = clinic.json("--config", str(config), "send-due")
@@ -214,9 +216,11 @@ def test_interrupted_send_twilio_never_got_is_sent_again(clinic: Clinic,
     _enroll_due_now(clinic)
     config = twilio_config(clinic, fake_twilio)
     app = type(clinic.app()).from_config(config, console=io.StringIO())
-    dispatcher = app.dispatcher()
     now = datetime.now(UTC)
-    dispatcher.claim(now, 1)  # claimed, then the process died before calling Twilio
+    dead = app.dispatcher()
+    dead.clock = lambda: now
+    dead.claim(1)  # claimed, then the process died before calling Twilio
+    dispatcher = app.dispatcher()
     later = now + timedelta(seconds=app.settings.daemon.lease_seconds + 1)
     assert recover_at(dispatcher, later) == 1
     assert run_at(dispatcher, later).sent == 1

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,19 @@ class Outgoing:
     at: datetime | None = None  # the dispatcher's clock; lets the console show simulated time
 
 
-class Channel(Protocol):
-    """The one contract: return the provider's id for the message, or raise SendError."""
+class Channel(ABC):
+    """The one contract: `send` returns the provider's id for the message or raises SendError."""
 
     name: str
 
+    @abstractmethod
     def send(self, message: Outgoing) -> str: ...
+
+    def check(self) -> list[str]:
+        """Problems with this channel's setup, found by asking the provider; none by default."""
+        return []
+
+    def find_sent(self, to: str, body: str, since: datetime) -> str | None:
+        """The provider's id of a message it accepted to `to` with `body` since `since`, for
+        recovery after a crash; None when it cannot tell (email: resent under one Message-ID)."""
+        return None

@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from aftercare.channels import Outgoing
+from aftercare.channels import Channel, Outgoing
 from aftercare.clock import zone
 
 _RULE = "-" * 72
 
 
-class ConsoleChannel:
+class ConsoleChannel(Channel):
     """Writes each message to a stream, as the patient would see it."""
 
     def __init__(self, name: str, stream: TextIO | None = None) -> None:

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 
-from aftercare.channels import Outgoing
+from aftercare.channels import Channel, Outgoing
 from aftercare.config import ClinicConfig, EmailConfig
 from aftercare.errors import EMAIL_INVALID, SendError
 
 
-class SmtpEmail:
+class SmtpEmail(Channel):
     """One SMTP session per email; classifies the relay's answers into SendError."""
 
     name = "email"

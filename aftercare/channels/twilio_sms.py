@@ -12,7 +12,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 from urllib3.exceptions import NewConnectionError
 
-from aftercare.channels import Outgoing
+from aftercare.channels import Channel, Outgoing
 from aftercare.channels.rate_limit import RateLimiter
 from aftercare.config import SmsConfig
 from aftercare.errors import PHONE_INVALID, SMS_OPTED_OUT, SendError
@@ -26,7 +26,7 @@ ACCOUNT_SID = re.compile(r"AC[0-9a-f]{32}")
 CLOCK_SKEW = timedelta(minutes=2)
 
 
-class TwilioSms:
+class TwilioSms(Channel):
     """Sends one SMS per call; classifies Twilio's answers into SendError."""
 
     name = "sms"
