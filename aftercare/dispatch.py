@@ -24,7 +24,7 @@ from aftercare.models import Course, Message, MessageStatus, Patient, Session, S
 from aftercare.patients import close_route
 from aftercare.planning import Planner, replan, why_unwanted
 from aftercare.protocols import ProtocolBook
-from aftercare.queries import sessions_of
+from aftercare.queries import neighbour_session
 from aftercare.rendering import Rendered, Renderer, message_context
 
 log = logging.getLogger(__name__)
@@ -251,18 +251,15 @@ class Dispatcher:
                 session: Session) -> Rendered:
         protocol = self.protocols.get(course.treatment)
         step = protocol.step(message.step)
-        sessions = sessions_of(db, course)
         # Aftercare, nudges and maintenance are anchored on a completed session already.
         done: Session | None = session
         next_session: Session | None = None
         if step.anchor == "next_session":
-            done = next((s for s in reversed(sessions)
-                         if s.at < session.at and s.status == SessionStatus.COMPLETED), None)
+            done = neighbour_session(db, session, SessionStatus.COMPLETED, later=False)
             # A reminder of a booked session speaks of it and of the last session done.
             next_session, session = session, done or session
         elif step.anchor == "session":
-            next_session = next((s for s in sessions
-                                 if s.at > session.at and s.status == SessionStatus.BOOKED), None)
+            next_session = neighbour_session(db, session, SessionStatus.BOOKED, later=True)
         first_sms = message.channel == "sms" and db.exec(
             select(Message.id).where(Message.patient_id == patient.id, Message.channel == "sms",
                                      Message.status == MessageStatus.SENT).limit(1)
@@ -326,7 +323,7 @@ class Dispatcher:
                 assert patient is not None
                 planner = Planner.from_settings(self.settings, self.protocols, self.clock)
                 close_route(db, planner, patient, exc.consequence,
-                            f"{claim.channel} provider {exc.code or 'refusal'}")
+                            f"provider error {exc.code}" if exc.code else "provider refusal")
                 log.warning("patient %s: %s; the plan follows", patient.id, exc.consequence)
             attempts = message.attempts
             db.commit()

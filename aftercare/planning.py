@@ -117,11 +117,14 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
         if row is None:
             if window is None:
                 continue  # its time has passed: planned late, it would only be noise
+            # All three are in the database already (loaded or flushed): their ids are set.
+            assert patient.id is not None and course.id is not None and want.session.id is not None
             row = Message(patient_id=patient.id, course_id=course.id,
                           session_id=want.session.id, step=want.step.key,
                           occurrence=want.occurrence, channel=want.channel,
                           status=MessageStatus.PENDING, planned_at=want.planned_at,
-                          send_after=window[0], expires_at=window[1], created_at=now)
+                          send_after=window[0], expires_at=window[1], created_at=now,
+                          updated_at=now)
             changes.created.append(row)
         elif row.status == MessageStatus.PENDING and row.planned_at != want.planned_at:
             if window is None:
@@ -217,11 +220,10 @@ def _wanted(planner: Planner, protocol: Protocol, course: Course, patient: Patie
 
 
 def superseded(step: Step, session: Session, sessions: Iterable[Session]) -> bool:
-    """Whether a later visit makes `step` of `session` moot: nudges to book, maintenance
-    reminders and steps marked skip_if_later_session, once a later session is booked or done."""
-    if not (step.skip_if_later_session or step.anchor in ("rebooking", "maintenance")):
-        return False
-    return any(s.at > session.at and s.status in LIVE_SESSIONS for s in sessions)
+    """Whether `step` of `session` is moot (Step.supersedable) because a later session of
+    the course (among `sessions`) is booked or done."""
+    return step.supersedable and any(s.at > session.at and s.status in LIVE_SESSIONS
+                                     for s in sessions)
 
 
 def why_unwanted(db: DbSession, planner: Planner, message: Message, patient: Patient,
@@ -239,7 +241,8 @@ def why_unwanted(db: DbSession, planner: Planner, message: Message, patient: Pat
         step = planner.protocols.get(course.treatment).step(message.step)
     except (UserError, KeyError):
         return f"step {message.step} is no longer in the {course.treatment} protocol"
-    if superseded(step, session, sessions_of(db, course)):
+    # Only a supersedable step needs the course's sessions (a send must not read them all).
+    if step.supersedable and superseded(step, session, sessions_of(db, course)):
         return "a later session is booked or done"
     channels = routes(step.channels, patient)
     if message.channel not in channels:

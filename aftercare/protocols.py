@@ -75,6 +75,12 @@ class Step(BaseModel):
             raise ValueError("`on_sessions` only applies to steps anchored on the session")
         return self
 
+    @property
+    def supersedable(self) -> bool:
+        """Whether a later visit makes this step moot: nudges to book and maintenance
+        reminders always, other steps when the protocol marks them skip_if_later_session."""
+        return self.skip_if_later_session or self.anchor in ("rebooking", "maintenance")
+
     def applies_to(self, number: int, planned: int) -> bool:
         """Whether this step is planned after session `number` of a `planned`-session course."""
         if self.on_sessions == "first":

@@ -37,3 +37,18 @@ def treatments_by_course(db: DbSession, course_ids: Iterable[int]) -> dict[int |
         return {}
     return {c.id: c.treatment
             for c in db.exec(select(Course).where(col(Course.id).in_(wanted))).all()}
+
+
+def neighbour_session(db: DbSession, session: Session, status: str, *,
+                      later: bool) -> Session | None:
+    """The nearest session of the same course with `status`, after or before `session`.
+
+    One row, not the course: rendering a message must not cost more as a course grows.
+    """
+    query = select(Session).where(Session.course_id == session.course_id,
+                                  Session.status == status)
+    if later:
+        query = query.where(Session.at > session.at).order_by(col(Session.at))
+    else:
+        query = query.where(Session.at < session.at).order_by(col(Session.at).desc())
+    return db.exec(query.limit(1)).first()

@@ -59,8 +59,9 @@ def _seed(app: App, future: int, due: int) -> None:
             messages.append({"sid": i + 1, "sa": send_after,
                              "ex": send_after + timedelta(days=400), "t": stamp})
             if len(messages) == 50_000 or i == future + due - 1:
-                conn.execute(text("INSERT INTO session (id, course_id, number, at, status,"
-                                  " created_at) VALUES (:id, 1, 1, :at, 'completed', :t)"),
+                conn.execute(text("INSERT INTO session (id, course_id, number, number_fixed, at,"
+                                  " moves, status, created_at)"
+                                  " VALUES (:id, 1, 1, 0, :at, 0, 'completed', :t)"),
                              sessions)
                 conn.execute(text(
                     "INSERT INTO message (patient_id, course_id, session_id, step, occurrence,"
