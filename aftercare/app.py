@@ -79,10 +79,11 @@ class App:
         return app
 
     @classmethod
-    def from_config(cls, path: str | Path | None = None, **kwargs: object) -> App:
+    def from_config(cls, path: str | Path | None = None, *, clock: Clock = system_clock,
+                    console: TextIO | None = None) -> App:
         """Load the config (see `config_path` for where it is looked for) and build the app."""
         return cls.from_settings(load_settings(config_path(str(path) if path else None)),
-                                 **kwargs)  # type: ignore[arg-type]
+                                 clock=clock, console=console)
 
     @contextmanager
     def db(self) -> Iterator[DbSession]:

@@ -62,6 +62,7 @@ def book(db: DbSession, planner: Planner, patient: Patient, at: datetime, *,
     if session is not None and session.status == SessionStatus.COMPLETED:
         raise UserError("at", f"session {session.id} at that time is already completed")
     if session is None:
+        assert course.id is not None  # a stored course: loaded, or flushed when new
         session = Session(course_id=course.id, number=0, at=at, status=SessionStatus.BOOKED,
                           created_at=now)
     elif session.status == SessionStatus.BOOKED:

@@ -113,6 +113,7 @@ def new_course(db: DbSession, patient: Patient, protocol: Protocol, now: datetim
                area: str | None = None, sessions_planned: int | None = None,
                spacing_days: int | None = None) -> Course:
     """Start a course with the protocol's defaults unless staff gave their own."""
+    assert patient.id is not None  # callers pass a stored patient
     course = Course(patient_id=patient.id, treatment=protocol.key, area=area or "",
                     sessions_planned=sessions_planned or protocol.sessions,
                     spacing_days=spacing_days or protocol.spacing_days[0], created_at=now)
@@ -160,6 +161,7 @@ def _completed_session(db: DbSession, course: Course, visit: SessionVisit, now: 
                    course_id=course.id, session_id=session.id)
             session.at, session.moves = visit.session_at, session.moves + 1
         else:
+            assert course.id is not None  # a stored course: loaded, or flushed when new
             session = Session(course_id=course.id, number=0, at=visit.session_at,
                               created_at=now)
     if visit.session_number is not None:
@@ -202,6 +204,7 @@ def _booked_session(
         db.add(moved)
         db.flush()
         return moved
+    assert course.id is not None  # a stored course: loaded, or flushed when new
     session = Session(course_id=course.id, number=done.number + 1, at=at,
                       status=SessionStatus.BOOKED, created_at=now)
     db.add(session)

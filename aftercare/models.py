@@ -30,7 +30,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _utc(nullable: bool = False) -> Column:  # type: ignore[type-arg]
+def _utc(nullable: bool = False) -> Column:
     return Column(UTCDateTime(), nullable=nullable)
 
 

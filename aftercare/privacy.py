@@ -32,6 +32,7 @@ def forget(db: DbSession, planner: Planner, patient: Patient) -> PlanChanges:
     record(db, now, "patient.forgotten", patient.id)
     # The erased values stay in SQLite's write-ahead log until a checkpoint, which cannot
     # run inside the caller's transaction: it runs once the caller has committed.
-    engine = db.get_bind()
+    # `.engine`: the bind is typed Engine | Connection; an Engine's .engine is itself.
+    engine = db.get_bind().engine
     event.listen(db, "after_commit", lambda _session: flush_to_disk(engine), once=True)
     return plan

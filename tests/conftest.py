@@ -5,19 +5,23 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from click.testing import CliRunner, Result
 
 from aftercare.app import App
 from aftercare.cli import cli
+from aftercare.clock import system_clock
 from aftercare.db import migrate
 from aftercare.dispatch import DispatchCounts, Dispatcher
+
+if TYPE_CHECKING:  # for annotations only: the fixture imports the fake when it runs
+    from fakes.twilio import FakeTwilio
 
 CONFIG = """\
 [clinic]
@@ -65,7 +69,7 @@ class Clinic:
         return self.rows(f"SELECT count(*) FROM {table}")[0][0]
 
     def app(self, clock: Callable[[], datetime] | None = None, **kwargs: Any) -> App:
-        return App.from_config(self.config, **({"clock": clock} if clock else {}), **kwargs)
+        return App.from_config(self.config, clock=clock or system_clock, **kwargs)
 
 
 @pytest.fixture
@@ -107,7 +111,7 @@ def midday_zone() -> str:
 
 
 @pytest.fixture
-def fake_twilio(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def fake_twilio(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeTwilio]:
     """A running fake Twilio (checked against Twilio's OpenAPI spec) and its credentials."""
     from fakes.twilio import FakeTwilio
 

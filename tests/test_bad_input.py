@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 
 from conftest import Clinic
 
@@ -15,7 +16,7 @@ def _tables(clinic: Clinic) -> tuple[int, ...]:
     return tuple(clinic.count(t) for t in ("patient", "course", "session", "message"))
 
 
-def _assert_user_error(result, field: str) -> None:  # type: ignore[no-untyped-def]
+def _assert_user_error(result: Result, field: str) -> None:
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -138,7 +139,9 @@ def test_unknown_treatment_in_preview(clinic: Clinic) -> None:
                        "locale")
 
 
-def test_bad_value_from_the_environment_names_the_variable(clinic: Clinic, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_bad_value_from_the_environment_names_the_variable(
+    clinic: Clinic, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AFTERCARE_CLINIC__TIMEZONE", "Mars/Olympus")
     result = clinic.run("messages")
     _assert_user_error(result, "config")

@@ -9,6 +9,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from aftercare.demo import run_demo
 from conftest import Clinic
 
@@ -66,7 +68,7 @@ def test_preview_shows_every_sms(clinic: Clinic) -> None:
     assert "Lumiere Aesthetics" in out and "characters, 2 segments, GSM-7" in out
 
 
-def test_demo_plays_every_patients_timeline(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_demo_plays_every_patients_timeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()
     counts = run_demo(out, day=datetime(2026, 11, 10, 12, tzinfo=UTC))
@@ -97,15 +99,17 @@ def test_json_output_is_one_document_even_with_console_channels(clinic: Clinic) 
     assert "Reply STOP" in result.stderr  # the console channel printed to stderr
 
 
-def test_no_config_at_all_uses_local_sqlite_and_console(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from click.testing import CliRunner
+def test_no_config_at_all_uses_local_sqlite_and_console(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner, Result
 
     from aftercare.cli import cli
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("AFTERCARE_CONFIG", raising=False)
 
-    def run(*args: str):  # type: ignore[no-untyped-def]
+    def run(*args: str) -> Result:
         result = CliRunner().invoke(cli, list(args), obj={})
         assert result.exit_code == 0, result.output
         return result
@@ -120,7 +124,7 @@ def test_no_config_at_all_uses_local_sqlite_and_console(tmp_path: Path, monkeypa
     assert "Aftercare Demo Clinic" in out and out.rstrip().endswith("0 cancelled")
 
 
-def test_config_found_through_the_environment(clinic: Clinic, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_config_found_through_the_environment(clinic: Clinic, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
     from aftercare.cli import cli

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from aftercare.config import load_settings
-from aftercare.preview import preview
-from aftercare.protocols import ProtocolBook
+from aftercare.preview import PreviewItem, preview
+from aftercare.protocols import Protocol, ProtocolBook
 from aftercare.rendering import Renderer
 from aftercare.segments import budget, measure
 
@@ -16,7 +16,7 @@ RENDERER = Renderer()
 CASES = [(p, locale) for p in ProtocolBook.load() for locale in RENDERER.locales()]
 
 
-def _items(protocol, locale, channel=None):  # type: ignore[no-untyped-def]
+def _items(protocol: Protocol, locale: str, channel: str | None = None) -> list[PreviewItem]:
     settings = load_settings(None)
     settings.clinic.name, settings.clinic.phone = "Lumiere Aesthetics", "+1 212 555 0100"
     return preview(settings, RENDERER, protocol, locale, channel,
@@ -24,7 +24,7 @@ def _items(protocol, locale, channel=None):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("protocol", "locale"), CASES, ids=[f"{p.key}-{lc}" for p, lc in CASES])
-def test_every_step_renders_and_names_the_clinic(protocol, locale) -> None:  # type: ignore[no-untyped-def]
+def test_every_step_renders_and_names_the_clinic(protocol: Protocol, locale: str) -> None:
     items = _items(protocol, locale)
     assert {(i.step, i.channel) for i in items} == {
         (s.key, c) for s in protocol.steps for c in s.channels}
@@ -37,7 +37,7 @@ def test_every_step_renders_and_names_the_clinic(protocol, locale) -> None:  # t
 
 
 @pytest.mark.parametrize(("protocol", "locale"), CASES, ids=[f"{p.key}-{lc}" for p, lc in CASES])
-def test_sms_fit_the_locale_budget(protocol, locale) -> None:  # type: ignore[no-untyped-def]
+def test_sms_fit_the_locale_budget(protocol: Protocol, locale: str) -> None:
     for item in _items(protocol, locale, "sms"):
         size = measure(item.rendered.text)
         assert size.segments <= budget(locale), (item.step, size.describe())
@@ -46,7 +46,7 @@ def test_sms_fit_the_locale_budget(protocol, locale) -> None:  # type: ignore[no
 
 
 @pytest.mark.parametrize(("protocol", "locale"), CASES, ids=[f"{p.key}-{lc}" for p, lc in CASES])
-def test_48_hour_check_gives_the_emergency_number(protocol, locale) -> None:  # type: ignore[no-untyped-def]
+def test_48_hour_check_gives_the_emergency_number(protocol: Protocol, locale: str) -> None:
     checks = [i for i in _items(protocol, locale) if i.step == "check_48h"]
     assert checks
     for item in checks:
@@ -54,7 +54,7 @@ def test_48_hour_check_gives_the_emergency_number(protocol, locale) -> None:  # 
 
 
 @pytest.mark.parametrize(("protocol", "locale"), CASES, ids=[f"{p.key}-{lc}" for p, lc in CASES])
-def test_first_sms_tells_how_to_opt_out(protocol, locale) -> None:  # type: ignore[no-untyped-def]
+def test_first_sms_tells_how_to_opt_out(protocol: Protocol, locale: str) -> None:
     first = _items(protocol, locale, "sms")[0]
     assert first.step == protocol.steps[0].key
     assert "STOP" in first.rendered.text

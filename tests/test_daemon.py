@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from aftercare.channels import Channel, Outgoing
 from aftercare.daemon import run_daemon
@@ -18,7 +20,7 @@ from conftest import Clinic, midday_zone
 DEADLINE = 20.0  # generous: waits end as soon as the awaited effect is seen
 
 
-def _wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(predicate: Callable[[], object], what: str) -> None:
     end = time.monotonic() + DEADLINE
     while not predicate():
         if time.monotonic() > end:
@@ -92,7 +94,7 @@ def test_stop_waits_for_the_send_in_flight(clinic: Clinic) -> None:
     assert rows == [("email", "pending", None), ("sms", "sent", "slow-1")]
 
 
-def test_daemon_refuses_an_uninitialised_database(clinic: Clinic, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_daemon_refuses_an_uninitialised_database(clinic: Clinic, tmp_path: Path) -> None:
     config = tmp_path / "fresh.toml"
     config.write_text(f"[database]\nurl = 'sqlite:///{tmp_path / 'fresh.db'}'\n")
     result = clinic.run("--config", str(config), "run")

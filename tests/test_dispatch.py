@@ -5,16 +5,21 @@ from __future__ import annotations
 import io
 import random
 import threading
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import ExecutionContext
+from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.exc import OperationalError
 
 from aftercare.app import App
 from aftercare.channels import Channel, Outgoing
 from aftercare.errors import SendError
 from aftercare.outbox import next_due
+from aftercare.rendering import Rendered
 from conftest import Clinic, FixedClock, recover_at, run_at, utc
 
 SESSION = utc("2026-03-02T10:30-05:00")  # a Monday, well away from DST
@@ -23,7 +28,8 @@ SESSION = utc("2026-03-02T10:30-05:00")  # a Monday, well away from DST
 class ScriptedChannel(Channel):
     """A channel whose outcomes the test scripts; records what it was asked to send."""
 
-    def __init__(self, name: str, outcomes: list[Exception | None] | None = None,
+    # BaseException too: a script can kill the sender mid-send, as a dying process would.
+    def __init__(self, name: str, outcomes: list[BaseException | None] | None = None,
                  on_send: object = None) -> None:
         self.name = name
         self.outcomes = list(outcomes or [])
@@ -55,7 +61,7 @@ def _app(clinic: Clinic, clock: FixedClock, **channels: ScriptedChannel) -> App:
     return app
 
 
-def _status(clinic: Clinic, step: str, channel: str) -> tuple:  # type: ignore[type-arg]
+def _status(clinic: Clinic, step: str, channel: str) -> tuple:
     return clinic.rows(f"SELECT status, attempts, last_error FROM message "
                        f"WHERE step = '{step}' AND channel = '{channel}'")[0]
 
@@ -270,10 +276,13 @@ def test_stop_between_messages_gives_back_unstarted_claims(enrolled: Clinic) -> 
 def test_dispatch_queries_stay_on_indexes(enrolled: Clinic) -> None:
     """Claiming and recording must not walk the pending rows of the future."""
     app = enrolled.app(console=io.StringIO())
-    statements: list[tuple[str, object]] = []
+    # A statement's DBAPI parameters (sqlite3: one row's), handed back unchanged to EXPLAIN it.
+    statements: list[tuple[str, Sequence[Any] | Mapping[str, Any]]] = []
 
     @event.listens_for(app.engine, "before_cursor_execute")
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def capture(conn: Connection, cursor: DBAPICursor, statement: str,
+                parameters: Sequence[Any] | Mapping[str, Any], context: ExecutionContext | None,
+                executemany: bool) -> None:
         if statement.lstrip().upper().startswith(("SELECT MESSAGE.ID", "UPDATE MESSAGE")):
             statements.append((statement, parameters))
 
@@ -395,17 +404,20 @@ def test_send_time_check_drops_a_maintenance_reminder_the_plan_did_not_see(
                        "AND occurrence = 1") == [("cancelled", "a later session is booked or done")]
 
 
-def test_one_message_that_breaks_the_sender_does_not_end_the_pass(enrolled: Clinic) -> None:
+def test_one_message_that_breaks_the_sender_does_not_end_the_pass(
+    enrolled: Clinic, monkeypatch: pytest.MonkeyPatch
+) -> None:
     now = SESSION + timedelta(hours=1)  # first_48h due on sms and email
     app = _app(enrolled, FixedClock(now), sms=ScriptedChannel("sms"))
     render = app.renderer.render
 
-    def broken_for_sms(locale: str, step: str, channel: str, context: dict) -> object:  # type: ignore[type-arg]
+    def broken_for_sms(locale: str, step: str, channel: str, context: dict[str, Any]) -> Rendered:
         if channel == "sms":
             raise RuntimeError("a bug")
         return render(locale, step, channel, context)
 
-    app.renderer.render = broken_for_sms  # type: ignore[method-assign,assignment]
+    # Through monkeypatch: mypy refuses a plain assignment to a method.
+    monkeypatch.setattr(app.renderer, "render", broken_for_sms)
     counts = app.dispatcher().run_once()
     assert (counts.sent, counts.retrying) == (1, 1)
     assert _status(enrolled, "first_48h", "sms") == ("pending", 1, "internal error: RuntimeError")

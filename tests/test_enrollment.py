@@ -21,7 +21,7 @@ def jane(clinic: Clinic) -> Clinic:
     return clinic
 
 
-def _enroll(clinic: Clinic, *extra: str, now: str = NOW) -> dict:  # type: ignore[type-arg]
+def _enroll(clinic: Clinic, *extra: str, now: str = NOW) -> dict:
     return clinic.json("--now", now, "enroll", "J1", "--treatment", "cellulite",
                        "--session-at", SESSION, *extra)
 

@@ -59,7 +59,9 @@ def _send(client: Client, to: str = PATIENT, **kwargs: Any) -> MessageInstance:
 
 def _shape_problems(message: dict[str, Any]) -> list[str]:
     """Where ``message`` breaks the types, enums and patterns of the contract's message properties."""
-    python_types = {"string": str, "integer": int, "object": dict}
+    # type[Any]: with the inferred type[object], the isinstance below would narrow `value`
+    # to object and the pattern check could not take it.
+    python_types: dict[str, type[Any]] = {"string": str, "integer": int, "object": dict}
     found = []
     for key, schema in contract().message_properties.items():
         value = message[key]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 
 from aftercare.cli.views import import_report_json
 from aftercare.csv_import import ImportReport, RowProblem, import_csv
@@ -33,7 +34,7 @@ def _csv(clinic: Clinic, rows: list[str], *, header: str = HEADER, name: str = "
     return path
 
 
-def _import(clinic: Clinic, path: Path, *extra: str, now: str = NOW):  # type: ignore[no-untyped-def]
+def _import(clinic: Clinic, path: Path, *extra: str, now: str = NOW) -> Result:
     return clinic.run("--now", now, "import", str(path), *extra)
 
 
@@ -55,13 +56,13 @@ def _sessions(clinic: Clinic, name: str) -> list[tuple[object, ...]]:
         f"JOIN patient p ON c.patient_id = p.id WHERE p.name = '{name}' ORDER BY s.at")
 
 
-def _ok(result) -> str:  # type: ignore[no-untyped-def]
+def _ok(result: Result) -> str:
     assert result.exit_code == 0, result.output + result.stderr
     assert "Traceback" not in result.output + result.stderr
     return str(result.stdout)
 
 
-def _stderr_lines(result) -> list[str]:  # type: ignore[no-untyped-def]
+def _stderr_lines(result: Result) -> list[str]:
     # The progress bar's label (stderr is not a terminal here) is not a message.
     return [line for line in result.stderr.splitlines() if line.strip() != "Importing"]
 

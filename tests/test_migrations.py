@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -13,7 +14,7 @@ from aftercare.resources import MIGRATIONS
 from conftest import Clinic
 
 
-def test_init_creates_then_reports_up_to_date(clinic: Clinic, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_init_creates_then_reports_up_to_date(clinic: Clinic, tmp_path: Path) -> None:
     config = tmp_path / "new.toml"
     config.write_text(f"[database]\nurl = 'sqlite:///{tmp_path / 'new.db'}'\n")
     first = clinic.run("--config", str(config), "init")

@@ -94,7 +94,7 @@ def test_implicit_tls(cert: TestCert) -> None:
     ],
     ids=["rcpt-451", "rcpt-550", "data-554", "data-451", "login-535"],
 )
-def test_replies_are_classified(server_args: dict, channel_args: dict, permanent: bool,  # type: ignore[type-arg]
+def test_replies_are_classified(server_args: dict, channel_args: dict, permanent: bool,
                                 code: str, consequence: str | None) -> None:
     password = channel_args.pop("password", None)
     with FakeSmtp(**server_args) as server, pytest.raises(SendError) as caught:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fakes.twilio import (
     FakeTwilio,
+    Outcome,
     bad_gateway_html,
     error,
     rate_limited,
@@ -33,7 +34,7 @@ MESSAGE = Outgoing(message_id=7, channel="sms", to=TO, patient_name="Jane Doe",
 
 def _channel(fake: FakeTwilio, **config: object) -> TwilioSms:
     settings = SmsConfig(provider="twilio", api_base_url=fake.url, timeout_seconds=0.5,
-                         **({"from": "+12125550100"} | config))  # type: ignore[arg-type]
+                         **({"from": "+12125550100"} | config))
     return TwilioSms(settings, fake.account_sid, fake.auth_token, RateLimiter(1000))
 
 
@@ -75,7 +76,7 @@ def test_messaging_service_and_status_callback(fake_twilio: FakeTwilio) -> None:
     ids=["21211-invalid", "21614-not-mobile", "21610-stop", "21602-other-4xx", "429",
          "500", "502-html", "401-credentials", "21606-bad-sender"],
 )
-def test_answers_are_classified(fake_twilio: FakeTwilio, outcome, permanent: bool,  # type: ignore[no-untyped-def]
+def test_answers_are_classified(fake_twilio: FakeTwilio, outcome: Outcome, permanent: bool,
                                 code: str, consequence: str | None) -> None:
     fake_twilio.script(outcome)
     with pytest.raises(SendError) as caught:
