@@ -20,6 +20,7 @@ from aftercare.channels import Channel, Outgoing
 from aftercare.clock import Clock, system_clock, zone
 from aftercare.config import Settings
 from aftercare.errors import SendError, UserError
+from aftercare.history import record
 from aftercare.models import Course, Message, MessageStatus, Patient, Session, SessionStatus
 from aftercare.patients import close_route
 from aftercare.planning import Planner, replan, why_unwanted
@@ -113,6 +114,20 @@ class Dispatcher:
         now, token = self.clock(), uuid.uuid4().hex
         with self._lock:
             self._live.add(token)
+        try:
+            claims = self._claim(now, token, limit)
+        except BaseException:
+            # Whether or not the commit reached the database, no pass will end this claim:
+            # its rows (if any) are left to recovery after their lease.
+            with self._lock:
+                self._live.discard(token)
+            raise
+        if not claims:
+            with self._lock:
+                self._live.discard(token)
+        return claims
+
+    def _claim(self, now: datetime, token: str, limit: int) -> list[Claim]:
         with DbSession(self.engine) as db:
             # SKIP LOCKED lets several daemons share PostgreSQL without claiming the same row;
             # SQLite ignores it and relies on BEGIN IMMEDIATE (one writer at a time).
@@ -128,16 +143,14 @@ class Dispatcher:
                 # No status guard here: the rows are already ours (same IMMEDIATE transaction
                 # on SQLite, row locks on PostgreSQL), and SQLite would plan `status = ?`
                 # through the status index, walking every pending row instead of the ids.
-                # Attempts count when a send starts (see `process`), not here: a claim given
-                # back or taken over unstarted has cost the message nothing.
+                # The attempt counts from the claim, so a message that kills its sender
+                # (a crash even before the send) still runs out of attempts; a claim given
+                # back unstarted gives it back (`process`, `_release`).
                 db.exec(update(Message)
                         .where(col(Message.id).in_(ids))
                         .values(status=MessageStatus.SENDING, claim_token=token, claimed_at=now,
-                                updated_at=now))
+                                attempts=Message.attempts + 1, updated_at=now))
             db.commit()
-        if not ids:
-            with self._lock:
-                self._live.discard(token)
         return [Claim(message_id, token, channel) for message_id, channel in rows
                 if message_id is not None]
 
@@ -149,13 +162,16 @@ class Dispatcher:
             # Locked (PostgreSQL; SQLite's IMMEDIATE transaction already is), so checking the
             # token and renewing the claim below is one compare-and-swap: recovery elsewhere
             # cannot take the row between the two.
-            message = db.get(Message, claim.message_id, with_for_update=True)
+            message = db.get(Message, claim.message_id, with_for_update=True,
+                             populate_existing=True)
             if message is None or not _owned(message, claim):
                 log.warning("message %s: claim taken over by another sender; left to it",
                             claim.message_id)
                 return None
             outcome = self._prepare(db, message, now)
             if isinstance(outcome, str):
+                if outcome in ("deferred", "expired", "cancelled"):
+                    message.attempts -= 1  # nothing was attempted
                 message.claim_token = message.claimed_at = None
                 message.updated_at = now
                 db.add(message)
@@ -163,31 +179,33 @@ class Dispatcher:
                 log.debug("message %s (%s/%s): %s", message.id, message.step, message.channel,
                           outcome)
                 return outcome
-            # Renew the claim: the lease covers this send, counted from now. The attempt
-            # counts from here, committed before the network call.
+            # Renew the claim: the lease covers this send, counted from now.
             message.claimed_at = now
-            message.attempts += 1
             db.add(message)
             db.commit()  # end the transaction before the network call: SQLite must not stay locked
         channel = self.channels[claim.channel]
+        failure: SendError | None = None
         try:
             provider_id = channel.send(outcome)
         except SendError as exc:
-            return self._record_failure(claim, exc)
+            failure = exc
         except Exception as exc:
             # A bug or an unexpected library error: keep the message, retry later. Only the
             # type is logged at INFO and above; its text may carry an address.
             log.error("message %s: unexpected %s from channel %s", claim.message_id,
                       type(exc).__name__, channel.name)
             log.debug("message %s: channel error detail", claim.message_id, exc_info=True)
-            return self._record_failure(claim, SendError(repr(exc), permanent=False))
+            failure = SendError(repr(exc), permanent=False)
         try:
-            return self._record_sent(claim, provider_id)
+            if failure is None:
+                return self._record_sent(claim, provider_id)
+            return self._record_failure(claim, failure)
         except Exception as exc:
-            # Sent, but not recorded: retrying now could send it twice. The claim stays;
-            # after its lease, recovery asks the provider and adopts the message.
-            log.error("message %s: sent, but recording it failed (%s); recovery will settle it",
-                      claim.message_id, type(exc).__name__)
+            # The send happened (or was tried) but its outcome could not be recorded:
+            # retrying now could send it twice. The claim stays; after its lease, recovery
+            # asks the provider (adopting what it has) and otherwise sends it again.
+            log.error("message %s: sent or tried, but recording the outcome failed (%s); "
+                      "recovery will settle it", claim.message_id, type(exc).__name__)
             return None
 
     def _process_safely(self, claim: Claim) -> str | None:
@@ -200,7 +218,7 @@ class Dispatcher:
             log.debug("message %s: error detail", claim.message_id, exc_info=True)
             try:
                 return self._record_failure(claim, SendError(
-                    f"internal error: {type(exc).__name__}", permanent=False), count_attempt=True)
+                    f"internal error: {type(exc).__name__}", permanent=False))
             except Exception:
                 # The database itself is failing: the claim stays; recovery settles it later.
                 log.error("message %s: cannot record the error either", claim.message_id)
@@ -217,6 +235,9 @@ class Dispatcher:
         if reason is not None:
             message.status, message.last_error = MessageStatus.CANCELLED, reason[:500]
             db.add(message)
+            record(db, now, "message.cancelled", patient.id,
+                   f"{message.step}/{message.channel}: {reason} (found at send time)",
+                   course_id=course.id, session_id=session.id, message_id=message.id)
             # A change this claim outlived (e.g. a route closed): the plan follows it, by
             # the same rule as any change, e.g. email standing in where consented.
             replan(db, planner, course, reason)
@@ -283,20 +304,18 @@ class Dispatcher:
         log.debug("message %s (%s): sent", claim.message_id, claim.channel)
         return "sent"
 
-    def _record_failure(self, claim: Claim, exc: SendError, *,
-                        count_attempt: bool = False) -> str | None:
-        """Record a failed try; `count_attempt` for one that failed before its send started
-        (an internal error), so a message that always fails still runs out of attempts."""
+    def _record_failure(self, claim: Claim, exc: SendError) -> str | None:
+        """Record a failed try (the claim counted it): retry later, or fail for good."""
         now = self.clock()
         error = (f"{exc.code}: {exc.reason}" if exc.code else exc.reason)[:500]
         with DbSession(self.engine) as db:
             # Locked and checked in one transaction: a compare-and-swap on the claim.
-            message = db.get(Message, claim.message_id, with_for_update=True)
+            message = db.get(Message, claim.message_id, with_for_update=True,
+                             populate_existing=True)
             if message is None or not _owned(message, claim):
                 log.warning("message %s: claim taken over before its failure was recorded",
                             claim.message_id)
                 return None
-            message.attempts += count_attempt
             retry = not exc.permanent and message.attempts < getattr(
                 self.settings, claim.channel).max_attempts
             message.last_error, message.updated_at = error, now
@@ -344,7 +363,7 @@ class Dispatcher:
             for claim in claims:
                 # Guarded: a row another sender took over meanwhile stays with it.
                 db.exec(_guarded(claim).values(status=MessageStatus.PENDING, claim_token=None,
-                                               claimed_at=None))
+                                               claimed_at=None, attempts=Message.attempts - 1))
             db.commit()
 
     def recover_stale(self) -> int:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session as DbSession
-from sqlmodel import select
+from sqlmodel import col, select
 
 from aftercare.clock import Clock, zone
 from aftercare.config import Settings
@@ -37,6 +37,8 @@ from aftercare.quiet_hours import QuietHours
 from aftercare.reachability import routes
 
 Key = tuple[int, str, int, str]  # session id, step, occurrence, channel
+# The statuses replan may change (move, cancel, revive); every other row stays as it is.
+CHANGEABLE = (MessageStatus.PENDING, MessageStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -101,15 +103,26 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
     if _closed(course, patient) is None:
         wants = {(w.session.id or 0, w.step.key, w.occurrence, w.channel): w
                  for w in _wanted(planner, protocol, course, patient, sessions)}
-    # Locked so a dispatcher on PostgreSQL (SKIP LOCKED) cannot claim a row this changes;
-    # SQLite's BEGIN IMMEDIATE already serialises the two.
+    # Only rows this may change are locked, in id order, so that a dispatcher on
+    # PostgreSQL (SKIP LOCKED) cannot claim one meanwhile, and two replans (or a replan
+    # beside a dispatcher holding its own `sending` row) take locks in one order and never
+    # deadlock. A row that left pending/cancelled before its lock is not among them: it
+    # is read below as it is, only to know its key is taken. SQLite's BEGIN IMMEDIATE
+    # already serialises all of this.
+    locked = {m.id for m in db.exec(
+        select(Message).where(Message.course_id == course.id,
+                              col(Message.status).in_(CHANGEABLE))
+        .order_by(col(Message.id)).with_for_update()
+        .execution_options(populate_existing=True)).all()}
     rows = {(m.session_id, m.step, m.occurrence, m.channel): m for m in db.exec(
-        select(Message).where(Message.course_id == course.id).with_for_update()).all()}
-    _follow_moves(rows, sessions, protocol)
+        select(Message).where(Message.course_id == course.id)).all()}
+    _follow_moves(rows, sessions, protocol, locked)
     tz = zone(patient.timezone)
     changes = PlanChanges()
     for key, want in wants.items():
         row = rows.get(key)
+        if row is not None and row.id not in locked:
+            continue  # sending, sent, failed or expired: never changed here
         # A cancelled message comes back only inside its own window: a 48-hour check
         # revived on day 4 would be stale.
         window = _window(want, tz, planner.quiet, now,
@@ -142,7 +155,7 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
         row.updated_at = now
         db.add(row)
     for key, row in rows.items():
-        if row.status == MessageStatus.PENDING and key not in wants:
+        if row.status == MessageStatus.PENDING and key not in wants and row.id in locked:
             _cancel(row, reason, now)
             db.add(row)
             changes.cancelled.append(row)
@@ -160,15 +173,16 @@ def replan_patient(db: DbSession, planner: Planner, patient: Patient,
     return changes
 
 
-def _follow_moves(rows: dict[Key, Message], sessions: list[Session],
-                  protocol: Protocol) -> None:
+def _follow_moves(rows: dict[Key, Message], sessions: list[Session], protocol: Protocol,
+                  locked: set[int | None]) -> None:
     """Pending reminders of a session that moved become the reminders of its new time."""
     moves = {s.id: s.moves for s in sessions}
     anchored = {step.key for step in protocol.steps_for("next_session")}
     for key, row in list(rows.items()):
         current = moves.get(row.session_id, 0)
-        if row.status == MessageStatus.PENDING and row.step in anchored \
-                and row.occurrence < current:
+        if row.status == MessageStatus.PENDING and row.id in locked and row.step in anchored \
+                and row.occurrence < current \
+                and (row.session_id, row.step, current, row.channel) not in rows:
             del rows[key]
             row.occurrence = current
             rows[(row.session_id, row.step, current, row.channel)] = row
@@ -228,8 +242,8 @@ def superseded(step: Step, session: Session, sessions: Iterable[Session]) -> boo
 
 def why_unwanted(db: DbSession, planner: Planner, message: Message, patient: Patient,
                  course: Course, session: Session) -> str | None:
-    """Why the plan no longer wants `message` sent, or None: `replan`'s rule, asked again
-    at send time for a row claimed before a change reached it."""
+    """Why the plan no longer wants `message` sent, or None: the very rule of `replan`
+    (`_wanted`), asked again at send time for a row claimed before a change reached it."""
     closed = _closed(course, patient)
     if closed is not None:
         return closed
@@ -238,17 +252,25 @@ def why_unwanted(db: DbSession, planner: Planner, message: Message, patient: Pat
     if session.status == SessionStatus.NO_SHOW:
         return "session missed"
     try:
-        step = planner.protocols.get(course.treatment).step(message.step)
+        protocol = planner.protocols.get(course.treatment)
+        step = protocol.step(message.step)
     except (UserError, KeyError):
         return f"step {message.step} is no longer in the {course.treatment} protocol"
-    # Only a supersedable step needs the course's sessions (a send must not read them all).
-    if step.supersedable and superseded(step, session, sessions_of(db, course)):
+    sessions = sessions_of(db, course)
+    key = (message.session_id, message.step, message.occurrence, message.channel)
+    if any(key == (w.session.id, w.step.key, w.occurrence, w.channel)
+           for w in _wanted(planner, protocol, course, patient, sessions)):
+        return None
+    # Not in the plan any more; say why as precisely as the plan's pieces allow.
+    if superseded(step, session, sessions):
         return "a later session is booked or done"
     channels = routes(step.channels, patient)
     if message.channel not in channels:
         return patient.unreachable_reason(message.channel) or \
             f"this step goes by {' and '.join(channels) or 'no channel'} now"
-    return None
+    if step.anchor == "next_session" and message.occurrence != session.moves:
+        return "the session moved; the reminder of its new time replaces this one"
+    return "no longer in the plan (the course changed)"
 
 
 def _closed(course: Course, patient: Patient) -> str | None:

@@ -235,8 +235,8 @@ def test_crash_after_claim_is_recovered_after_the_lease(enrolled: Clinic) -> Non
     assert recover_at(dispatcher, later) == 2
     assert run_at(dispatcher, later).sent == 2
     assert [m.step for m in sms.sent] == ["first_48h"]
-    # The dead claim never started a send: it cost the message no attempt.
-    assert _status(enrolled, "first_48h", "sms")[:2] == ("sent", 1)
+    # The dead sender's claim counts as an interrupted attempt.
+    assert _status(enrolled, "first_48h", "sms")[:2] == ("sent", 2)
 
 
 def test_a_taken_over_claim_is_not_overwritten(enrolled: Clinic) -> None:
