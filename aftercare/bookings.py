@@ -8,9 +8,10 @@ from datetime import datetime
 from sqlmodel import Session as DbSession
 
 from aftercare.enrollment import (
-    FUTURE_TOLERANCE,
     SessionVisit,
     enroll,
+    has_taken_place,
+    move_session,
     new_course,
     open_course,
     renumber,
@@ -115,12 +116,7 @@ def reschedule(db: DbSession, planner: Planner, session: Session, at: datetime) 
     clash = session_at(db, course, at)
     if clash is not None:
         raise UserError("at", f"session {clash.id} of this course is already at that time")
-    record(db, now, "session.rescheduled", course.patient_id,
-           f"{session.at.isoformat()} -> {at.isoformat()}", course_id=course.id,
-           session_id=session.id)
-    session.at, session.moves = at, session.moves + 1
-    db.add(session)
-    db.flush()
+    move_session(db, session, at, now)
     renumber(db, course)
     changes = replan(db, planner, course, f"session {session.number} rescheduled")
     return Booking(session, course, changes)
@@ -134,7 +130,7 @@ def cancel(db: DbSession, planner: Planner, session: Session, reason: str | None
     """
     now = planner.clock()
     course = _booked_only(db, session, "mark as missed" if no_show else "cancel")
-    if no_show and session.at > now + FUTURE_TOLERANCE:
+    if no_show and not has_taken_place(session.at, now):
         raise UserError("session", f"session {session.id} has not started yet; cancel it "
                         "instead")
     what = "missed" if no_show else "cancelled"
@@ -156,7 +152,7 @@ def complete(db: DbSession, planner: Planner, session: Session) -> Booking:
     if session.status in (SessionStatus.CANCELLED, SessionStatus.NO_SHOW):
         raise UserError("session", f"session {session.id} was {session.status.replace('_', '-')}"
                         "; enroll the visit that took place with `aftercare enroll`")
-    if session.at > planner.clock() + FUTURE_TOLERANCE:
+    if not has_taken_place(session.at, planner.clock()):
         raise UserError("session", f"session {session.id} is booked for "
                         f"{session.at.isoformat()}; complete it once it has taken place")
     patient = db.get(Patient, course.patient_id)

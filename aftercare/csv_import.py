@@ -25,7 +25,7 @@ from sqlmodel import col, select
 from aftercare.app import App
 from aftercare.clock import parse_time, zone
 from aftercare.db import require_schema
-from aftercare.enrollment import FUTURE_TOLERANCE, SessionVisit, enroll
+from aftercare.enrollment import SessionVisit, enroll, has_taken_place
 from aftercare.errors import UserError
 from aftercare.models import Patient
 from aftercare.patients import (
@@ -288,7 +288,7 @@ class _Checker:
         if not cells["session_at"]:
             bad("session_at", "is empty; every row needs the time of the completed session, "
                 "e.g. 2026-03-02T14:30")
-        elif session_at is not None and session_at > self.now + FUTURE_TOLERANCE:
+        elif session_at is not None and not has_taken_place(session_at, self.now):
             bad("session_at", f"'{cells['session_at']}' is in the future; the file lists "
                 "completed sessions only (a booked one goes in next_session_at)")
         next_at = self._time(cells, "next_session_at", attempt)

@@ -28,6 +28,22 @@ from aftercare.queries import courses_of, sessions_of
 FUTURE_TOLERANCE = timedelta(minutes=15)
 
 
+def has_taken_place(at: datetime, now: datetime) -> bool:
+    """Whether a session at `at` can have happened by `now` (allowing for clock skew)."""
+    return at <= now + FUTURE_TOLERANCE
+
+
+def move_session(db: DbSession, session: Session, at: datetime, now: datetime,
+                 why: str = "") -> None:
+    """Move a session to `at`: its reminders of the new time are new messages (`moves`)."""
+    record(db, now, "session.rescheduled", _patient_of(db, session),
+           f"{session.at.isoformat()} -> {at.isoformat()}" + (f" ({why})" if why else ""),
+           course_id=session.course_id, session_id=session.id)
+    session.at, session.moves = at, session.moves + 1
+    db.add(session)
+    db.flush()
+
+
 @dataclass(frozen=True)
 class SessionVisit:
     """What staff say about a session they just finished."""
@@ -89,7 +105,7 @@ def _booked_at(db: DbSession, course: Course) -> dict[int | None, datetime]:
 
 
 def _check_visit(visit: SessionVisit, now: datetime) -> None:
-    if visit.session_at > now + FUTURE_TOLERANCE:
+    if not has_taken_place(visit.session_at, now):
         raise UserError("session-at", "is in the future; enroll a patient after the session "
                         "(a booked one goes in --next-session-at)")
     if visit.next_session_at is not None and visit.next_session_at <= visit.session_at:
@@ -156,10 +172,7 @@ def _completed_session(db: DbSession, course: Course, visit: SessionVisit, now: 
                   if s.status == SessionStatus.BOOKED and s.at < visit.session_at]
         session = passed[-1] if passed else None
         if session is not None:
-            record(db, now, "session.rescheduled", course.patient_id,
-                   f"{session.at.isoformat()} -> {visit.session_at.isoformat()} (came then)",
-                   course_id=course.id, session_id=session.id)
-            session.at, session.moves = visit.session_at, session.moves + 1
+            move_session(db, session, visit.session_at, now, "came then")
         else:
             assert course.id is not None  # a stored course: loaded, or flushed when new
             session = Session(course_id=course.id, number=0, at=visit.session_at,
@@ -197,12 +210,7 @@ def _booked_session(
     moved = next((s for s in sessions_of(db, course)
                   if s.status == SessionStatus.BOOKED and s.at > done.at), None)
     if moved is not None:
-        record(db, now, "session.rescheduled", course.patient_id,
-               f"{moved.at.isoformat()} -> {at.isoformat()} (enrollment)",
-               course_id=course.id, session_id=moved.id)
-        moved.at, moved.moves = at, moved.moves + 1
-        db.add(moved)
-        db.flush()
+        move_session(db, moved, at, now, "enrollment")
         return moved
     assert course.id is not None  # a stored course: loaded, or flushed when new
     session = Session(course_id=course.id, number=done.number + 1, at=at,
@@ -230,3 +238,9 @@ def renumber(db: DbSession, course: Course) -> None:
             db.add(session)
         previous = session.number
     db.flush()
+
+
+def _patient_of(db: DbSession, session: Session) -> int:
+    course = db.get(Course, session.course_id)
+    assert course is not None
+    return course.patient_id

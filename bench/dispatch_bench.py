@@ -37,38 +37,46 @@ def _app(folder: Path) -> App:
 
 
 def _seed(app: App, future: int, due: int) -> None:
-    """One patient with `future` pending rows in the coming year and `due` rows due now."""
+    """One patient with `future` pending rows in the coming year and `due` rows due now.
+
+    Courses of six sessions, as a clinic's are: the send-time check reads the course.
+    """
     with app.engine.begin() as conn:
         stamp = NOW.replace(tzinfo=None)
         conn.execute(text("INSERT INTO patient (id, name, phone, email, timezone, locale, channels,"
                           " created_at) VALUES (1, 'Bench', '+12125550123', 'b@example.com',"
                           " 'America/New_York', 'en', 'sms,email', :t)"), {"t": stamp})
-        conn.execute(text("INSERT INTO course (id, patient_id, treatment, area, sessions_planned,"
-                          " spacing_days, status, created_at)"
-                          " VALUES (1, 1, 'cellulite', '', 6, 7, 'active', :t)"),
-                     {"t": stamp})
         rng = random.Random(1)
-        sessions, messages = [], []
+        courses: list[dict[str, object]] = []
+        sessions: list[dict[str, object]] = []
+        messages: list[dict[str, object]] = []
         for i in range(future + due):
             if i < due:
                 send_after = stamp - timedelta(minutes=1)
             else:
                 send_after = stamp + timedelta(minutes=rng.randint(1, 525_600))
+            if i % 6 == 0:
+                courses.append({"id": i // 6 + 1, "t": stamp})
             # One session per row keeps the (session, step, channel) key unique.
-            sessions.append({"id": i + 1, "at": stamp - timedelta(seconds=i), "t": stamp})
-            messages.append({"sid": i + 1, "sa": send_after,
+            sessions.append({"id": i + 1, "course": i // 6 + 1, "number": i % 6 + 1,
+                             "at": stamp - timedelta(days=7 * (5 - i % 6), seconds=i), "t": stamp})
+            messages.append({"sid": i + 1, "course": i // 6 + 1, "sa": send_after,
                              "ex": send_after + timedelta(days=400), "t": stamp})
             if len(messages) == 50_000 or i == future + due - 1:
+                conn.execute(text("INSERT INTO course (id, patient_id, treatment, area,"
+                                  " sessions_planned, spacing_days, status, created_at)"
+                                  " VALUES (:id, 1, 'cellulite', '', 6, 7, 'active', :t)"),
+                             courses)
                 conn.execute(text("INSERT INTO session (id, course_id, number, number_fixed, at,"
                                   " moves, status, created_at)"
-                                  " VALUES (:id, 1, 1, 0, :at, 0, 'completed', :t)"),
+                                  " VALUES (:id, :course, :number, 0, :at, 0, 'completed', :t)"),
                              sessions)
                 conn.execute(text(
                     "INSERT INTO message (patient_id, course_id, session_id, step, occurrence,"
                     " channel, status, planned_at, send_after, expires_at, attempts, created_at,"
-                    " updated_at) VALUES (1, 1, :sid, 'first_48h', 0, 'sms', 'pending', :sa, :sa,"
-                    " :ex, 0, :t, :t)"), messages)
-                sessions, messages = [], []
+                    " updated_at) VALUES (1, :course, :sid, 'first_48h', 0, 'sms', 'pending',"
+                    " :sa, :sa, :ex, 0, :t, :t)"), messages)
+                courses, sessions, messages = [], [], []
 
 
 def bench_claim(sizes: list[int], repeats: int) -> list[tuple[int, float, float]]:
