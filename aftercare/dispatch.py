@@ -159,14 +159,9 @@ class Dispatcher:
         claim is no longer this sender's (another took the row over after its lease)."""
         now = self.clock()
         with DbSession(self.engine) as db:
-            # Locked (PostgreSQL; SQLite's IMMEDIATE transaction already is), so checking the
-            # token and renewing the claim below is one compare-and-swap: recovery elsewhere
-            # cannot take the row between the two.
-            message = db.get(Message, claim.message_id, with_for_update=True,
-                             populate_existing=True)
-            if message is None or not _owned(message, claim):
-                log.warning("message %s: claim taken over by another sender; left to it",
-                            claim.message_id)
+            # Checking the token and renewing the claim below is one compare-and-swap.
+            message = _held(db, claim)
+            if message is None:
                 return None
             outcome = self._prepare(db, message, now)
             if isinstance(outcome, str):
@@ -309,12 +304,8 @@ class Dispatcher:
         now = self.clock()
         error = (f"{exc.code}: {exc.reason}" if exc.code else exc.reason)[:500]
         with DbSession(self.engine) as db:
-            # Locked and checked in one transaction: a compare-and-swap on the claim.
-            message = db.get(Message, claim.message_id, with_for_update=True,
-                             populate_existing=True)
-            if message is None or not _owned(message, claim):
-                log.warning("message %s: claim taken over before its failure was recorded",
-                            claim.message_id)
+            message = _held(db, claim)  # locked and checked: a compare-and-swap on the claim
+            if message is None:
                 return None
             retry = not exc.permanent and message.attempts < getattr(
                 self.settings, claim.channel).max_attempts
@@ -429,9 +420,17 @@ class Dispatcher:
         return self.channels[message.channel].find_sent(to, message.body, message.claimed_at)
 
 
-def _owned(message: Message, claim: Claim) -> bool:
-    """Whether the row is still in `sending` under this claim."""
-    return message.status == MessageStatus.SENDING and message.claim_token == claim.token
+def _held(db: DbSession, claim: Claim) -> Message | None:
+    """The claimed row, locked, if it is still in `sending` under this claim; else None."""
+    # Locked on PostgreSQL (SQLite's IMMEDIATE transaction already is) and read afresh, so
+    # recovery elsewhere cannot take the row between this check and the caller's write.
+    message = db.get(Message, claim.message_id, with_for_update=True, populate_existing=True)
+    if message is None or message.status != MessageStatus.SENDING \
+            or message.claim_token != claim.token:
+        log.warning("message %s: claim taken over by another sender; left to it",
+                    claim.message_id)
+        return None
+    return message
 
 
 def _guarded(claim: Claim) -> Update:
