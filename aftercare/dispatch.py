@@ -221,7 +221,7 @@ class Dispatcher:
 
     def _prepare(self, db: DbSession, message: Message, now: datetime) -> Outgoing | str:
         """The message rendered and addressed, or the outcome that replaces sending it."""
-        patient = db.get(Patient, message.patient_id)
+        patient = _patient_locked(db, message)
         course = db.get(Course, message.course_id)
         session = db.get(Session, message.session_id)
         assert patient is not None and course is not None and session is not None
@@ -329,8 +329,7 @@ class Dispatcher:
                     message.status = MessageStatus.FAILED
             db.add(message)
             if exc.consequence:
-                patient = db.get(Patient, message.patient_id)
-                assert patient is not None
+                patient = _patient_locked(db, message)
                 planner = Planner.from_settings(self.settings, self.protocols, self.clock)
                 close_route(db, planner, patient, exc.consequence,
                             f"provider error {exc.code}" if exc.code else "provider refusal")
@@ -431,6 +430,19 @@ def _held(db: DbSession, claim: Claim) -> Message | None:
                     claim.message_id)
         return None
     return message
+
+
+def _patient_locked(db: DbSession, message: Message) -> Patient:
+    """The message's patient, locked and read afresh before any decision that may re-plan.
+
+    On PostgreSQL two senders may close two routes of one patient at once (STOP on the
+    SMS, a refused address on the email): the second must see the first one's flag, or its
+    re-plan would revive messages on the route just closed. Locks go in one order: the
+    sender's own row, the patient, then the rows replan may change (by id).
+    """
+    patient = db.get(Patient, message.patient_id, with_for_update=True, populate_existing=True)
+    assert patient is not None
+    return patient
 
 
 def _guarded(claim: Claim) -> Update:
