@@ -7,6 +7,7 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TextIO
 
@@ -25,6 +26,7 @@ from aftercare.errors import SendError
 from aftercare.planning import Planner
 from aftercare.protocols import ProtocolBook
 from aftercare.rendering import Renderer
+from aftercare.triage import TriageRules
 
 
 class UnavailableChannel(Channel):
@@ -44,7 +46,9 @@ def build_channels(settings: Settings, console: TextIO | None = None) -> dict[st
                                     "email": ConsoleChannel("email", console)}
     if settings.sms.provider == "twilio":
         sid, token = os.environ.get("TWILIO_ACCOUNT_SID"), os.environ.get("TWILIO_AUTH_TOKEN")
-        channels["sms"] = (TwilioSms(settings.sms, sid, token) if sid and token else
+        channels["sms"] = (TwilioSms(settings.sms, sid, token,
+                                     status_callback=settings.sms_status_callback)
+                           if sid and token else
                            UnavailableChannel("sms", "TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset"))
     if settings.email.provider == "smtp":
         channels["email"] = SmtpEmail(settings.email, settings.clinic,
@@ -93,6 +97,12 @@ class App:
         with DbSession(self.engine, expire_on_commit=False) as session:
             yield session
             session.commit()
+
+    @cached_property
+    def triage_rules(self) -> TriageRules:
+        """The red-flag words replies are triaged by (the clinic's file, else the packaged one)."""
+        path = self.settings.messaging.triage_file
+        return TriageRules.load(Path(path) if path else None)
 
     def planner(self) -> Planner:
         return Planner.from_settings(self.settings, self.protocols, self.clock)

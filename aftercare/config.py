@@ -57,6 +57,8 @@ class MessagingConfig(_Section):
     # The clinic's own folders: a file there with a packaged file's name replaces it.
     templates_dir: str = ""
     protocols_dir: str = ""
+    # The clinic's own triage words (config/triage.toml's format) instead of the packaged ones.
+    triage_file: str = ""
     # How far after a course's last session maintenance reminders are planned.
     maintenance_horizon_days: int = Field(default=365, ge=0, le=1830)
 
@@ -65,6 +67,14 @@ class MessagingConfig(_Section):
     def _folder(cls, value: str) -> str:
         if value and not Path(value).is_dir():
             raise ValueError(f"'{value}' is not a folder (relative paths start at the "
+                             "working directory)")
+        return value
+
+    @field_validator("triage_file")
+    @classmethod
+    def _file(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError(f"'{value}' is not a file (relative paths start at the "
                              "working directory)")
         return value
 
@@ -100,6 +110,9 @@ class SmsConfig(_Section):
     timeout_seconds: float = Field(10, gt=0, le=120)
     rate_per_second: float = Field(1.0, gt=0, le=1000)
     max_attempts: int = Field(5, ge=1, le=50)
+    # Who answers STOP/START/HELP: aftercare (in the webhook's reply), or Twilio's own
+    # Advanced Opt-Out (then aftercare records the keyword and answers nothing).
+    keyword_replies: Literal["aftercare", "twilio"] = "aftercare"
 
     @field_validator("from_")
     @classmethod
@@ -146,6 +159,25 @@ class EmailConfig(_Section):
     max_attempts: int = Field(5, ge=1, le=50)
 
 
+class WebConfig(_Section):
+    """`aftercare serve`: where it listens, and the public https URL that reaches it."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    # What Twilio and mail clients reach (e.g. a reverse proxy with TLS): webhook
+    # signatures are checked against it, and status callback URLs are built from it.
+    public_url: str = ""
+    # The largest request body accepted (Twilio's webhooks are a few kilobytes).
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=10 * 1024 * 1024)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"'{value}' is not an http(s) URL (e.g. https://aftercare.clinic.example)")
+        return value.rstrip("/")
+
+
 class DaemonConfig(_Section):
     poll_seconds: float = Field(15, gt=0, le=3600)
     batch_size: int = Field(50, ge=1, le=10_000)
@@ -167,6 +199,15 @@ class Settings(BaseSettings):
     sms: SmsConfig = SmsConfig()
     email: EmailConfig = EmailConfig()
     daemon: DaemonConfig = DaemonConfig()
+    web: WebConfig = WebConfig()
+
+    @property
+    def sms_status_callback(self) -> str:
+        """Where Twilio reports delivery: `sms.status_callback_url` if set, else the
+        service's own endpoint under `web.public_url`, else nowhere."""
+        if self.sms.status_callback_url:
+            return self.sms.status_callback_url
+        return f"{self.web.public_url}/twilio/status" if self.web.public_url else ""
 
     @property
     def longest_send_seconds(self) -> float:

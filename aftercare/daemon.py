@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
 
@@ -19,30 +20,62 @@ log = logging.getLogger(__name__)
 RECOVERY_SECONDS = 60
 
 
+@dataclass
+class Sender:
+    """The dispatch and recovery jobs of one process, on a background scheduler."""
+
+    app: App
+    stop: threading.Event
+    scheduler: BackgroundScheduler
+
+    @classmethod
+    def start(cls, app: App, stop: threading.Event | None = None, *,
+              check_setup: bool = True) -> Sender:
+        """Check the setup (unless the caller did), then dispatch every poll interval until
+        `stop` is set."""
+        if check_setup:
+            require_setup(app)
+        stop = stop or threading.Event()
+        dispatcher = app.dispatcher()
+        poll = app.settings.daemon.poll_seconds
+
+        def dispatch() -> None:
+            dispatcher.run_once(stop)
+
+        scheduler = BackgroundScheduler(timezone="UTC")
+        # Fixed jobs only; a missed tick is harmless because the next one catches up
+        # through SQL. Recovery leaves this process's pass in flight alone (claim tokens).
+        common = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None,
+                  "replace_existing": True}
+        scheduler.add_job(dispatcher.recover_stale, "interval", seconds=RECOVERY_SECONDS,
+                          id="recover", next_run_time=datetime.now(UTC), **common)
+        scheduler.add_job(dispatch, "interval", seconds=poll, id="dispatch",
+                          next_run_time=datetime.now(UTC), **common)
+        scheduler.add_listener(_on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+        console = [name for name in ("sms", "email")
+                   if getattr(app.settings, name).provider == "console"]
+        if console:
+            log.warning("%s provider is console: messages are printed to stdout, not sent",
+                        " and ".join(console))
+        scheduler.start()
+        return cls(app, stop, scheduler)
+
+    def describe(self) -> str:
+        """For the start-up log line: the poll interval and the database (no password)."""
+        return (f"polling every {self.app.settings.daemon.poll_seconds}s, database "
+                f"{self.app.engine.url.render_as_string(hide_password=True)}")
+
+    def shutdown(self) -> None:
+        """Stop claiming, finish the send in flight, give back what was not started."""
+        self.stop.set()
+        self.scheduler.shutdown(wait=True)
+
+
 def run_daemon(app: App, stop: threading.Event | None = None,
                handle_signals: bool = True) -> None:
     """Dispatch every poll interval until `stop` is set (or SIGTERM/SIGINT arrives)."""
-    require_setup(app)
     stop = stop or threading.Event()
-    dispatcher = app.dispatcher()
-    poll = app.settings.daemon.poll_seconds
-
-    def dispatch() -> None:
-        dispatcher.run_once(stop)
-
-    def recover() -> None:
-        dispatcher.recover_stale()
-
-    scheduler = BackgroundScheduler(timezone="UTC")
-    # Fixed jobs only; a missed tick is harmless because the next one catches up through SQL.
-    common = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None,
-              "replace_existing": True}
-    scheduler.add_job(recover, "interval", seconds=RECOVERY_SECONDS, id="recover",
-                      next_run_time=datetime.now(UTC), **common)
-    scheduler.add_job(dispatch, "interval", seconds=poll, id="dispatch",
-                      next_run_time=datetime.now(UTC), **common)
-    scheduler.add_listener(_on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
-
+    sender = Sender.start(app, stop)
     previous = {}
     if handle_signals:
         def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -50,21 +83,12 @@ def run_daemon(app: App, stop: threading.Event | None = None,
             stop.set()
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, _on_signal)
-
-    console = [name for name in ("sms", "email")
-               if getattr(app.settings, name).provider == "console"]
-    if console:
-        log.warning("%s provider is console: messages are printed to stdout, not sent",
-                    " and ".join(console))
-    scheduler.start()
-    log.info("daemon started: polling every %ss, database %s", poll,
-             app.engine.url.render_as_string(hide_password=True))
+    log.info("daemon started: %s", sender.describe())
     try:
         while not stop.wait(1.0):
             pass
     finally:
-        stop.set()
-        scheduler.shutdown(wait=True)  # waits for the job in flight; the dispatcher stops
+        sender.shutdown()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         log.info("daemon stopped")

@@ -67,14 +67,16 @@ def _alembic_config(engine: Engine) -> Config:
     return config
 
 
-def migrate(engine: Engine) -> tuple[str | None, str]:
-    """Create or upgrade the schema to the newest revision; returns (before, after)."""
+def migrate(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
+    """Create or upgrade the schema to `revision` (the newest by default); (before, after)."""
     config = _alembic_config(engine)
     before = current_revision(engine)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-    return before, head_revision()
+        command.upgrade(config, revision)
+    after = current_revision(engine)
+    assert after is not None  # just upgraded to it
+    return before, after
 
 
 def current_revision(engine: Engine) -> str | None:

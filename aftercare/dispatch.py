@@ -343,9 +343,7 @@ class Dispatcher:
 
     def backoff(self, attempts: int) -> timedelta:
         """Exponential delay before the next attempt, with jitter so retries spread out."""
-        daemon = self.settings.daemon
-        delay = min(daemon.retry_base_seconds * 2 ** (attempts - 1), daemon.retry_max_seconds)
-        return timedelta(seconds=delay * self.rng.uniform(0.8, 1.2))
+        return retry_delay(self.settings, attempts, self.rng)
 
     def _release(self, claims: list[Claim]) -> None:
         """Give back claims not started (shutdown): they were never attempted."""
@@ -417,6 +415,13 @@ class Dispatcher:
         if not message.body or message.claimed_at is None or not to:
             return None
         return self.channels[message.channel].find_sent(to, message.body, message.claimed_at)
+
+
+def retry_delay(settings: Settings, attempts: int, rng: random.Random) -> timedelta:
+    """Exponential delay before attempt `attempts + 1`, with jitter so retries spread out."""
+    daemon = settings.daemon
+    delay = min(daemon.retry_base_seconds * 2 ** (attempts - 1), daemon.retry_max_seconds)
+    return timedelta(seconds=delay * rng.uniform(0.8, 1.2))
 
 
 def _held(db: DbSession, claim: Claim) -> Message | None:

@@ -27,7 +27,7 @@ class SendError(Exception):
 
     def __init__(self, reason: str, *, permanent: bool, code: str | None = None,
                  consequence: str | None = None, unknown_outcome: bool = False,
-                 setup_problem: bool = False) -> None:
+                 setup_problem: bool = False, flag: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
@@ -39,3 +39,5 @@ class SendError(Exception):
         # Our credentials or sender were refused: no fault of this message, so it keeps
         # its attempts and waits for the setup to be fixed (`aftercare check`).
         self.setup_problem = setup_problem
+        # Something for staff to look at on the message (e.g. the carrier filtered it).
+        self.flag = flag

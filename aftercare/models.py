@@ -37,7 +37,9 @@ def _utc(nullable: bool = False) -> Column:
 class MessageStatus(StrEnum):
     PENDING = "pending"
     SENDING = "sending"
-    SENT = "sent"
+    SENT = "sent"  # the provider accepted it
+    DELIVERED = "delivered"  # the provider's receipt: on the phone
+    UNDELIVERED = "undelivered"  # the provider's receipt: it could not be delivered
     FAILED = "failed"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
@@ -146,6 +148,8 @@ class Message(SQLModel, table=True):
                          name="uq_message_session_step_occurrence_channel"),
         # The dispatcher's only hot query: due pending rows, oldest first.
         Index("ix_message_status_send_after", "status", "send_after"),
+        # Delivery receipts find their message by the provider's id.
+        Index("ix_message_provider_id", "provider_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -167,6 +171,9 @@ class Message(SQLModel, table=True):
     claim_token: str | None = Field(default=None, max_length=32)
     claimed_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
     sent_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    delivered_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    # Something staff should look at (e.g. the carrier filtered it as spam); never patient data.
+    flag: str | None = Field(default=None, max_length=200)
     provider_id: str | None = Field(default=None, max_length=64)
     subject: str | None = Field(default=None, max_length=300)
     body: str | None = Field(default=None, sa_type=Text)
@@ -187,3 +194,41 @@ class Event(SQLModel, table=True):
     kind: str = Field(max_length=40)  # e.g. session.booked, message.cancelled
     # Never contact data or message text; staff's free-text reasons are erased on forget.
     detail: str = Field(default="", max_length=500)
+
+
+class ReplyStatus(StrEnum):
+    OPEN = "open"  # waiting for staff
+    ACKNOWLEDGED = "acknowledged"  # someone has it in hand
+    CLOSED = "closed"
+    HANDLED = "handled"  # a keyword (STOP, START, HELP): acted on, nothing for staff
+
+
+class TriageLevel(StrEnum):
+    URGENT = "urgent"
+    REVIEW = "review"
+    ROUTINE = "routine"
+
+
+class Reply(SQLModel, table=True):
+    """One message a patient (or an unknown number) sent us: the inbox and the conversation.
+
+    Stored before anything is done about it, so a crash never loses it; `handled_at` says
+    its consequences (opt-out, automatic answer) were carried out.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    # The provider's id (Twilio's MessageSid): the same webhook twice is one reply.
+    provider_id: str = Field(max_length=64, unique=True)
+    patient_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
+    from_number: str | None = Field(default=None, max_length=20)
+    to_number: str | None = Field(default=None, max_length=20)
+    body: str | None = Field(default=None, sa_type=Text)
+    received_at: datetime = Field(sa_column=_utc())
+    keyword: str | None = Field(default=None, max_length=16)  # stop, start, help
+    triage: str | None = Field(default=None, max_length=16)
+    status: str = Field(default=ReplyStatus.OPEN, max_length=16, index=True)
+    answer: str | None = Field(default=None, sa_type=Text)  # our automatic answer, if any
+    handled_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    acknowledged_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    closed_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    note: str | None = Field(default=None, max_length=500)

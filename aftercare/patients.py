@@ -180,7 +180,7 @@ def update_patient(db: DbSession, planner: Planner, patient: Patient, changes: P
 
 
 def set_opt_out(db: DbSession, planner: Planner, patient: Patient, channel: str,
-                opted_out: bool = True) -> PlanChanges:
+                opted_out: bool = True, source: str = "") -> PlanChanges:
     """Record that the patient opted out of (or back in to) `channel`; pending rows follow."""
     if channel not in CHANNELS:
         raise UserError("channel", f"'{channel}' is not a channel; use sms or email")
@@ -191,7 +191,8 @@ def set_opt_out(db: DbSession, planner: Planner, patient: Patient, channel: str,
     setattr(patient, flag, now if opted_out else None)
     db.add(patient)
     what = f"patient opted {'out of' if opted_out else 'back in to'} {channel}"
-    record(db, now, f"patient.{'opted_out' if opted_out else 'opted_in'}", patient.id, channel)
+    record(db, now, f"patient.{'opted_out' if opted_out else 'opted_in'}", patient.id,
+           f"{channel} ({source})" if source else channel)
     return replan_patient(db, planner, patient, what)
 
 

@@ -8,7 +8,7 @@ from sqlmodel import col
 
 from aftercare.db import flush_to_disk
 from aftercare.history import record
-from aftercare.models import Event, Message, Patient
+from aftercare.models import Event, Message, Patient, Reply
 from aftercare.planning import PlanChanges, Planner, replan_patient
 
 
@@ -29,6 +29,9 @@ def forget(db: DbSession, planner: Planner, patient: Patient) -> PlanChanges:
     db.exec(update(Message).where(col(Message.patient_id) == patient.id)
             .values(body=None, subject=None, provider_id=None, last_error=None))
     db.exec(update(Event).where(col(Event.patient_id) == patient.id).values(detail=""))
+    # What the patient texted us, from which number, and what we or staff answered.
+    db.exec(update(Reply).where(col(Reply.patient_id) == patient.id)
+            .values(body=None, from_number=None, to_number=None, answer=None, note=None))
     record(db, now, "patient.forgotten", patient.id)
     # The erased values stay in SQLite's write-ahead log until a checkpoint, which cannot
     # run inside the caller's transaction: it runs once the caller has committed.

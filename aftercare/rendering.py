@@ -93,6 +93,20 @@ class Renderer:
         return Rendered(text=text, subject=subject, html=html)
 
 
+    def answer(self, locale: str, name: str, context: dict[str, Any]) -> str:
+        """An automatic SMS answer to a patient's reply (`replies/<name>.sms.txt`)."""
+        names = [f"{i}/{loc}/replies/{name}.sms.txt" for loc in dict.fromkeys((locale, "en"))
+                 for i in range(len(self.folders))]
+        return to_gsm7(_tidy(self._text.select_template(names).render(context)))
+
+
+def answer_context(clinic: ClinicConfig, patient: Patient | None) -> dict[str, Any]:
+    """The variables of an automatic answer: the clinic, and the patient when known."""
+    return {"clinic": {"name": clinic.name, "phone": clinic.phone, "email": clinic.email,
+                       "emergency_number": clinic.emergency_number},
+            "patient": None if patient is None else {"first_name": patient.first_name}}
+
+
 def _tidy(text: str) -> str:
     """Trailing spaces off, at most one blank line in a row, no leading or trailing blank."""
     lines = [line.rstrip() for line in text.translate(_SPACES).splitlines()]

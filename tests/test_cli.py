@@ -15,7 +15,7 @@ from aftercare.demo import run_demo
 from conftest import Clinic
 
 MESSAGE_KEYS = {"id", "patient_id", "step", "channel", "send_after", "status", "attempts",
-                "provider_id", "last_error", "sent_at"}
+                "provider_id", "last_error", "sent_at", "delivered_at", "flag"}
 COUNT_KEYS = {"sent", "failed", "retrying", "deferred", "expired", "cancelled"}
 
 

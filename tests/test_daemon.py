@@ -100,3 +100,63 @@ def test_daemon_refuses_an_uninitialised_database(clinic: Clinic, tmp_path: Path
     result = clinic.run("--config", str(config), "run")
     assert result.exit_code == 2
     assert "aftercare init" in result.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_serve_answers_webhooks_and_sends_in_one_process(clinic: Clinic) -> None:
+    from urllib.error import HTTPError
+    from urllib.parse import urlencode
+    from urllib.request import Request, urlopen
+
+    from twilio.request_validator import RequestValidator
+
+    _enroll_due_now(clinic)
+    port, token = _free_port(), "0123456789abcdef0123456789abcdef"
+    public = "https://aftercare.clinic.example"
+    clinic.config.write_text(clinic.config.read_text() + f'\n[web]\nport = {port}\n'
+                             f'public_url = "{public}"\n', encoding="utf-8")
+    env = {**os.environ, "AFTERCARE_CONFIG": str(clinic.config), "TWILIO_AUTH_TOKEN": token}
+    proc = subprocess.Popen([sys.executable, "-m", "aftercare", "serve"], cwd=clinic.folder,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def healthy() -> bool:
+        try:
+            with urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    try:
+        _wait_for(healthy, "the service to listen")
+        _wait_for(lambda: _sent(clinic) == 2, "the sender to send what is due")
+        params = {"MessageSid": "SM0001", "From": "+12125550123", "To": "+12125550100",
+                  "Body": "STOP"}
+        signed = RequestValidator(token).compute_signature(public + "/twilio/sms", params)
+        request = Request(f"http://127.0.0.1:{port}/twilio/sms", data=urlencode(params).encode(),
+                          headers={"X-Twilio-Signature": signed})
+        with urlopen(request, timeout=DEADLINE) as answer:
+            assert answer.status == 200
+        forged = Request(f"http://127.0.0.1:{port}/twilio/sms", data=urlencode(params).encode(),
+                         headers={"X-Twilio-Signature": "forged"})
+        try:
+            urlopen(forged, timeout=DEADLINE)
+            raise AssertionError("a forged webhook was accepted")
+        except HTTPError as refused:
+            assert refused.code == 403
+        proc.send_signal(signal.SIGTERM)
+        _stdout, stderr = proc.communicate(timeout=DEADLINE)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "service started" in stderr and "service stopped" in stderr
+    assert "Traceback" not in stderr
+    assert clinic.rows("SELECT sms_opted_out_at IS NOT NULL FROM patient") == [(1,)]
+    assert "+12125550123" not in stderr and "STOP" not in stderr.replace("SIGTERM", "")

@@ -23,7 +23,7 @@ from fakes.twilio import (
 from aftercare.channels import Outgoing
 from aftercare.channels.rate_limit import RateLimiter
 from aftercare.channels.twilio_sms import TwilioSms
-from aftercare.config import SmsConfig
+from aftercare.config import Settings, SmsConfig
 from aftercare.errors import PHONE_INVALID, SMS_OPTED_OUT, SendError
 from conftest import Clinic, midday_zone, recover_at, run_at, twilio_config
 
@@ -33,9 +33,12 @@ MESSAGE = Outgoing(message_id=7, channel="sms", to=TO, patient_name="Jane Doe",
 
 
 def _channel(fake: FakeTwilio, **config: object) -> TwilioSms:
-    settings = SmsConfig(provider="twilio", api_base_url=fake.url, timeout_seconds=0.5,
-                         **({"from": "+12125550100"} | config))
-    return TwilioSms(settings, fake.account_sid, fake.auth_token, RateLimiter(1000))
+    sms = SmsConfig(provider="twilio", api_base_url=fake.url, timeout_seconds=0.5,
+                    **({"from": "+12125550100"} | config))
+    # The status callback is decided from the whole configuration (sms and web).
+    callback = Settings(sms=sms).sms_status_callback
+    return TwilioSms(sms, fake.account_sid, fake.auth_token, RateLimiter(1000),
+                     status_callback=callback)
 
 
 def test_send_posts_a_spec_valid_request_and_returns_the_sid(fake_twilio: FakeTwilio) -> None:
@@ -308,3 +311,14 @@ def test_send_due_refuses_to_spend_attempts_without_credentials(clinic: Clinic,
     assert result.stderr.startswith("error: setup: sms: TWILIO_AUTH_TOKEN is not set")
     assert clinic.rows("SELECT max(attempts) FROM message") == [(0,)]
     assert fake_twilio.requests == []
+
+
+def test_outgoing_sms_ask_for_receipts_at_the_public_url(clinic: Clinic,
+                                                         fake_twilio: FakeTwilio) -> None:
+    _enroll_due_now(clinic)
+    config = twilio_config(clinic, fake_twilio)
+    config.write_text(config.read_text() + '\n[web]\npublic_url = "https://ac.clinic.example/"\n',
+                      encoding="utf-8")
+    assert clinic.json("--config", str(config), "send-due")["sent"] == 1
+    [create] = [r for r in fake_twilio.requests if r.method == "POST"]
+    assert create.form["StatusCallback"] == "https://ac.clinic.example/twilio/status"

@@ -19,6 +19,10 @@ from aftercare.errors import PHONE_INVALID, SMS_OPTED_OUT, SendError
 
 # Twilio error codes that condemn the number itself, not just this message.
 ROUTE_ERRORS = {21211: PHONE_INVALID, 21614: PHONE_INVALID, 21610: SMS_OPTED_OUT}
+# Delivery receipts (status callbacks) that condemn the number: unknown handset, landline
+# or unreachable carrier, and the send-time ones.
+RECEIPT_ROUTE_ERRORS = {**ROUTE_ERRORS, 30005: PHONE_INVALID, 30006: PHONE_INVALID}
+CARRIER_FILTERED = 30007
 # 21212: invalid From number; 21606: From is not an SMS-capable number of this account.
 SENDER_ERRORS = {21212, 21606}
 ACCOUNT_SID = re.compile(r"AC[0-9a-f]{32}")
@@ -32,8 +36,9 @@ class TwilioSms(Channel):
     name = "sms"
 
     def __init__(self, config: SmsConfig, account_sid: str, auth_token: str,
-                 limiter: RateLimiter | None = None) -> None:
+                 limiter: RateLimiter | None = None, status_callback: str = "") -> None:
         self._config = config
+        self._status_callback = status_callback
         self._client = Client(account_sid, auth_token,
                               http_client=TwilioHttpClient(timeout=config.timeout_seconds))
         if config.api_base_url:
@@ -48,8 +53,8 @@ class TwilioSms(Channel):
             params["messaging_service_sid"] = self._config.messaging_service_sid
         else:
             params["from_"] = self._config.from_
-        if self._config.status_callback_url:
-            params["status_callback"] = self._config.status_callback_url
+        if self._status_callback:
+            params["status_callback"] = self._status_callback
         self._limiter.wait()
         try:
             created = self._client.messages.create(**params)
@@ -114,6 +119,24 @@ def classify(exc: TwilioRestException) -> SendError:
                          code=str(code), setup_problem=True)
     return SendError(f"{reason}: {_short(exc.msg)}", permanent=True, code=str(code),
                      consequence=ROUTE_ERRORS.get(code or 0))
+
+
+def receipt_error(status: str, code: int | None) -> SendError:
+    """What an `undelivered` or `failed` delivery receipt with `code` means, as a send error.
+
+    Codes that condemn the number close the route (as at send time); carrier filtering
+    (30007) is not retried and is flagged for the clinic; the rest (30003 unreachable now,
+    30008 unknown...) may be retried within the message's window.
+    """
+    reason = f"Twilio {status}"
+    if code in RECEIPT_ROUTE_ERRORS:
+        return SendError(reason, permanent=True, code=str(code),
+                         consequence=RECEIPT_ROUTE_ERRORS[code])
+    if code == CARRIER_FILTERED:
+        return SendError(f"{reason}: carrier filtering", permanent=True, code=str(code),
+                         flag="filtered by the carrier as spam: review the wording and the "
+                              "sender's registration (A2P 10DLC, toll-free verification)")
+    return SendError(reason, permanent=False, code=str(code) if code else None)
 
 
 def _error_code(response: object) -> object:

@@ -17,9 +17,11 @@ from aftercare.cli import (
     demo,
     enroll,
     imports,
+    inbox,
     messages,
     patients,
     protocols,
+    serve,
     sessions,
     setup,
     timeline,
@@ -66,7 +68,8 @@ def cli(ctx: click.Context, config: str | None, verbose: bool, now: str | None) 
 for _command in (setup.init, setup.check, patients.patient, enroll.enroll, sessions.session_group,
                  courses.course_group, timeline.timeline_command, messages.messages,
                  messages.send_due, imports.import_command, protocols.protocols,
-                 protocols.preview_command, daemon.run, demo.demo):
+                 protocols.preview_command, daemon.run, serve.serve, inbox.inbox_group,
+                 demo.demo):
     cli.add_command(_command)
 
 

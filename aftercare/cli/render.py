@@ -14,7 +14,7 @@ from aftercare.bookings import Booking
 from aftercare.cli.views import DispatchCountsJson, PatientJson, ProtocolJson
 from aftercare.clock import zone
 from aftercare.enrollment import Enrollment
-from aftercare.models import Course, Message, Patient, Session
+from aftercare.models import Course, Message, Patient, Reply, Session
 from aftercare.planning import PlanChanges
 from aftercare.preview import PreviewItem
 from aftercare.protocols import ProtocolBook
@@ -220,4 +220,20 @@ def timeline(patient: Patient, courses: Iterable[Course], entries: Sequence[Entr
         lines.append(f"{when}     {entry.label:<22} {outcome}{notes}")
     if not marked:
         lines.append(now_line)
+    return "\n".join(lines)
+
+
+def inbox(rows: Sequence[Reply], patients: Mapping[int | None, Patient], clinic_tz: str) -> str:
+    """`inbox`: one line per reply, urgent first; the text shortened to fit a terminal."""
+    if not rows:
+        return "No replies waiting."
+    lines = [f"{'ID':>5}  {'TRIAGE':<8} {'STATUS':<13} {'RECEIVED (local)':<22} {'PATIENT':<24} TEXT"]
+    for reply in rows:
+        owner = patients.get(reply.patient_id)
+        local = reply.received_at.astimezone(zone(owner.timezone if owner else clinic_tz))
+        who = f"{owner.id} {owner.name}" if owner else f"unknown {reply.from_number or ''}"
+        text = " ".join((reply.body or "").split())
+        lines.append(f"{reply.id:>5}  {reply.triage or '-':<8} {reply.status:<13} "
+                     f"{local:%Y-%m-%d %H:%M} {local.tzname() or '':<5} {who[:24]:<24} "
+                     f"{text[:60] + ('...' if len(text) > 60 else '')}")
     return "\n".join(lines)

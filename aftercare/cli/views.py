@@ -13,7 +13,7 @@ from aftercare.clock import iso
 from aftercare.csv_import import ImportReport
 from aftercare.dispatch import DispatchCounts
 from aftercare.enrollment import Enrollment
-from aftercare.models import Course, Message, Patient, Session
+from aftercare.models import Course, Message, Patient, Reply, Session
 from aftercare.protocols import CHANNELS, Protocol, describe_timing
 from aftercare.timeline import Entry
 
@@ -71,6 +71,16 @@ class MessageJson(TypedDict):
     provider_id: str | None
     last_error: str | None
     sent_at: str | None
+    delivered_at: str | None  # from the provider's delivery receipt
+    flag: str | None  # something for staff to look at (e.g. carrier filtering)
+
+
+# "from" is a Python keyword: the functional form of TypedDict. Only this JSON (never
+# the logs) carries the number and the text.
+ReplyJson = TypedDict("ReplyJson", {
+    "id": int | None, "patient_id": int | None, "received_at": str, "from": str | None,
+    "body": str | None, "triage": str | None, "status": str, "alerts": list[str],
+    "answer": str | None, "note": str | None})
 
 
 class PlannedMessageJson(TypedDict):
@@ -211,7 +221,17 @@ def message_json(message: Message) -> MessageJson:
         "provider_id": message.provider_id,
         "last_error": message.last_error,
         "sent_at": iso(message.sent_at),
+        "delivered_at": iso(message.delivered_at),
+        "flag": message.flag,
     }
+
+
+def reply_json(reply: Reply) -> ReplyJson:
+    """A reply in `inbox --json`."""
+    return {"id": reply.id, "patient_id": reply.patient_id,
+            "received_at": reply.received_at.isoformat(), "from": reply.from_number,
+            "body": reply.body, "triage": reply.triage, "status": reply.status,
+            "alerts": [], "answer": reply.answer, "note": reply.note}
 
 
 def enrollment_json(result: Enrollment) -> EnrollmentJson:

@@ -1,0 +1,51 @@
+"""The HTTP side of `aftercare serve`: Twilio's webhooks now, the staff console next."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from aftercare.app import App
+from aftercare.daemon import Sender
+from aftercare.web import twilio
+
+log = logging.getLogger(__name__)
+
+
+def create_app(app: App, *, send: bool = False) -> Starlette:
+    """The ASGI application; with `send`, it also runs the dispatch scheduler while it lives
+    (the caller checks the setup first, as `aftercare serve` does).
+
+    Database work stays synchronous and runs in Starlette's thread pool.
+    """
+
+    @asynccontextmanager
+    async def lifespan(_web: Starlette) -> AsyncIterator[None]:
+        sender = Sender.start(app, check_setup=False) if send else None
+        if sender is not None:
+            log.info("service started: %s", sender.describe())
+        try:
+            yield
+        finally:
+            if sender is not None:
+                # After the server stopped taking requests and answered those in flight:
+                # finish the send in flight, give back the claims not started.
+                sender.shutdown()
+                log.info("service stopped")
+
+    async def health(_request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    web = Starlette(routes=[
+        Route("/healthz", health, methods=["GET"]),
+        Route("/twilio/sms", twilio.incoming, methods=["POST"]),
+        Route("/twilio/status", twilio.status, methods=["POST"]),
+    ], lifespan=lifespan)
+    web.state.aftercare = app
+    return web

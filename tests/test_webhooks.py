@@ -1,0 +1,256 @@
+"""Twilio's webhooks through the real HTTP app, signed exactly as Twilio signs them."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from datetime import timedelta
+from urllib.parse import urlencode
+
+import pytest
+from starlette.testclient import TestClient
+from twilio.request_validator import RequestValidator
+
+from aftercare.app import App
+from aftercare.web import create_app
+from conftest import Clinic, FixedClock, utc
+
+PUBLIC = "https://aftercare.clinic.example"
+TOKEN = "0123456789abcdef0123456789abcdef"
+PHONE = "+12125550123"
+SESSION = utc("2026-03-02T10:30-05:00")
+NOW = SESSION + timedelta(hours=3)
+
+
+class Twilio:
+    """Posts forms to the app as Twilio would: signed for `PUBLIC` + path."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    def post(self, path: str, params: dict[str, str], *, url: str | None = None,
+             signature: str | None = None) -> object:
+        signed_for = url or PUBLIC + path
+        sig = signature if signature is not None else \
+            RequestValidator(TOKEN).compute_signature(signed_for, params)
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if sig:
+            headers["X-Twilio-Signature"] = sig
+        return self.client.post(path, content=urlencode(params), headers=headers)
+
+    def sms(self, body: str, sid: str = "SM0001", sender: str = PHONE) -> object:
+        return self.post("/twilio/sms", {"MessageSid": sid, "From": sender,
+                                         "To": "+12125550100", "Body": body})
+
+    def status(self, sid: str, status: str, code: str = "") -> object:
+        params = {"MessageSid": sid, "MessageStatus": status}
+        if code:
+            params["ErrorCode"] = code
+        return self.post("/twilio/status", params)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(NOW)
+
+
+@pytest.fixture
+def app(clinic: Clinic, clock: FixedClock, monkeypatch: pytest.MonkeyPatch) -> App:
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", TOKEN)
+    clinic.config.write_text(clinic.config.read_text() + f'\n[web]\npublic_url = "{PUBLIC}"\n',
+                             encoding="utf-8")
+    clinic.json("patient", "add", "--name", "Jane Doe", "--phone", PHONE, "--email",
+                "jane@example.com", "--ref", "J1")
+    clinic.json("--now", (SESSION + timedelta(minutes=30)).isoformat(), "enroll", "J1",
+                "--treatment", "cellulite", "--session-at", SESSION.isoformat())
+    return clinic.app(clock=clock, console=io.StringIO())
+
+
+@pytest.fixture
+def twilio(app: App) -> Iterator[Twilio]:
+    with TestClient(create_app(app)) as client:
+        yield Twilio(client)
+
+
+def _state(clinic: Clinic) -> list[tuple[object, ...]]:
+    """Everything a refused request must leave as it was."""
+    return [*clinic.rows("SELECT id, status, last_error FROM message ORDER BY id"),
+            *clinic.rows("SELECT * FROM reply"), *clinic.rows("SELECT * FROM patient"),
+            (clinic.count("event"),)]
+
+
+@pytest.mark.parametrize("how", ["unsigned", "forged", "other url", "other token"])
+def test_a_request_not_signed_by_twilio_for_this_url_is_refused(
+        clinic: Clinic, twilio: Twilio, how: str) -> None:
+    before = _state(clinic)
+    params = {"MessageSid": "SM0001", "From": PHONE, "To": "+12125550100", "Body": "STOP"}
+    signature = {"unsigned": "", "forged": "bm90IGEgc2lnbmF0dXJl",
+                 "other url": RequestValidator(TOKEN).compute_signature(
+                     "https://evil.example/twilio/sms", params),
+                 "other token": RequestValidator("f" * 32).compute_signature(
+                     PUBLIC + "/twilio/sms", params)}[how]
+    answer = twilio.post("/twilio/sms", params, signature=signature)
+    assert answer.status_code == 403  # type: ignore[attr-defined]
+    assert _state(clinic) == before
+
+
+def test_stop_opts_out_through_the_desk_rule_and_a_retry_changes_nothing(
+        clinic: Clinic, twilio: Twilio) -> None:
+    answer = twilio.sms("  Stop ")
+    assert answer.status_code == 200  # type: ignore[attr-defined]
+    assert "<Message>" not in answer.text  # type: ignore[attr-defined]  # Twilio confirms STOP
+    assert clinic.rows("SELECT sms_opted_out_at IS NOT NULL FROM patient") == [(1,)]
+    assert clinic.count("message WHERE channel = 'sms' AND status = 'pending'") == 0
+    assert clinic.count("message WHERE channel = 'email' AND status = 'pending'") > 0
+    assert clinic.rows("SELECT keyword, status FROM reply") == [("stop", "handled")]
+    assert "sms (replied STOP)" in [d for (d,) in clinic.rows(
+        "SELECT detail FROM event WHERE kind = 'patient.opted_out'")]
+    before = _state(clinic)
+    assert twilio.sms("  Stop ").status_code == 200  # type: ignore[attr-defined]
+    assert _state(clinic) == before
+
+
+def test_start_after_stop_revives_what_is_still_in_its_window(clinic: Clinic,
+                                                            twilio: Twilio) -> None:
+    twilio.sms("STOP", sid="SM0001")
+    pending_before = clinic.count("message WHERE channel = 'sms' AND status = 'pending'")
+    twilio.sms("unstop", sid="SM0002")
+    assert clinic.rows("SELECT sms_opted_out_at FROM patient") == [(None,)]
+    assert clinic.count("message WHERE channel = 'sms' AND status = 'pending'") > pending_before
+
+
+def test_help_is_answered_with_the_clinic_and_how_to_stop(clinic: Clinic, twilio: Twilio) -> None:
+    answer = twilio.sms("help")
+    text = answer.text  # type: ignore[attr-defined]
+    assert "<Message>" in text and "Lumiere Aesthetics" in text and "+1 212 555 0100" in text
+    assert "STOP" in text
+    assert clinic.rows("SELECT keyword, status FROM reply") == [("help", "handled")]
+
+
+def test_help_is_left_to_twilio_when_configured(clinic: Clinic, app: App) -> None:
+    app.settings.sms.keyword_replies = "twilio"
+    with TestClient(create_app(app)) as client:
+        answer = Twilio(client).sms("HELP")
+    assert "<Message>" not in answer.text  # type: ignore[attr-defined]
+    assert clinic.rows("SELECT keyword, status FROM reply") == [("help", "handled")]
+
+
+def test_an_urgent_reply_is_answered_at_once_and_waits_in_the_inbox(
+        clinic: Clinic, twilio: Twilio) -> None:
+    answer = twilio.sms("my thigh is hot and red and I have a fever")
+    text = answer.text  # type: ignore[attr-defined]
+    assert "911" in text and "+1 212 555 0100" in text
+    assert clinic.rows("SELECT triage, status, patient_id FROM reply") == [("urgent", "open", 1)]
+    [listed] = clinic.json("inbox")
+    assert (listed["triage"], listed["status"], listed["from"]) == ("urgent", "open", PHONE)
+    assert listed["body"] == "my thigh is hot and red and I have a fever"
+
+
+def test_a_routine_reply_is_acknowledged_once_a_day(clinic: Clinic, twilio: Twilio,
+                                                    clock: FixedClock) -> None:
+    first = twilio.sms("Thanks, all good!", sid="SM0001").text  # type: ignore[attr-defined]
+    second = twilio.sms("See you next week", sid="SM0002").text  # type: ignore[attr-defined]
+    assert "<Message>" in first and "<Message>" not in second
+    clock.now += timedelta(days=1, minutes=1)
+    third = twilio.sms("One more question", sid="SM0003").text  # type: ignore[attr-defined]
+    assert "<Message>" in third
+    assert [t for (t,) in clinic.rows("SELECT triage FROM reply")] == ["routine"] * 3
+
+
+def test_a_reply_from_an_unknown_number_is_kept(clinic: Clinic, twilio: Twilio) -> None:
+    twilio.sms("Hello, I changed my phone: Jane Doe", sender="+12125550999")
+    assert clinic.rows("SELECT patient_id, from_number, status FROM reply") == [
+        (None, "+12125550999", "open")]
+    listing = clinic.run("inbox").stdout
+    assert "unknown +12125550999" in listing
+
+
+def test_inbox_ack_and_close(clinic: Clinic, twilio: Twilio) -> None:
+    twilio.sms("the bruise is still there")
+    [reply] = clinic.json("inbox")
+    assert clinic.run("inbox", "ack", str(reply["id"])).exit_code == 0
+    assert clinic.json("inbox")[0]["status"] == "acknowledged"
+    closed = clinic.run("inbox", "close", str(reply["id"]), "--note", "called her back")
+    assert closed.exit_code == 0
+    assert clinic.json("inbox") == []
+    assert clinic.json("inbox", "--all")[0]["note"] == "called her back"
+    missing = clinic.run("inbox", "ack", "99")
+    assert missing.exit_code == 2 and "reply: no reply with id 99" in missing.stderr
+
+
+def _sent(clinic: Clinic, sid: str = "SMsent1") -> None:
+    """The first_48h SMS went out and Twilio gave it `sid`."""
+    clinic.rows(f"UPDATE message SET status = 'sent', provider_id = '{sid}', attempts = 1, "
+                "sent_at = '2026-03-02 16:30:00.000000' "
+                "WHERE step = 'first_48h' AND channel = 'sms'")
+
+
+def _first(clinic: Clinic) -> tuple[object, ...]:
+    return clinic.rows("SELECT status, delivered_at IS NOT NULL, last_error, flag FROM message "
+                       "WHERE step = 'first_48h' AND channel = 'sms'")[0]
+
+
+def test_receipts_move_forward_only_and_twice_is_once(clinic: Clinic, twilio: Twilio) -> None:
+    _sent(clinic)
+    assert twilio.status("SMsent1", "sent").status_code == 204  # type: ignore[attr-defined]
+    assert _first(clinic)[0] == "sent"
+    twilio.status("SMsent1", "delivered")
+    assert _first(clinic)[:2] == ("delivered", 1)
+    before = _state(clinic)
+    twilio.status("SMsent1", "delivered")  # Twilio retried
+    twilio.status("SMsent1", "sent")  # a late, out-of-order callback
+    twilio.status("SMsent1", "undelivered", "30003")
+    assert _state(clinic) == before
+
+
+def test_a_receipt_that_condemns_the_number_closes_the_route(clinic: Clinic,
+                                                             twilio: Twilio) -> None:
+    _sent(clinic)
+    twilio.status("SMsent1", "undelivered", "30005")
+    assert _first(clinic)[0] == "undelivered" and "30005" in str(_first(clinic)[2])
+    assert clinic.rows("SELECT phone_invalid_at IS NOT NULL FROM patient") == [(1,)]
+    assert clinic.count("message WHERE channel = 'sms' AND status = 'pending'") == 0
+    assert clinic.count("message WHERE channel = 'email' AND status = 'pending'") > 0
+
+
+def test_a_transient_receipt_retries_within_the_window(clinic: Clinic, twilio: Twilio) -> None:
+    _sent(clinic)
+    twilio.status("SMsent1", "undelivered", "30003")
+    status, send_after, attempts = clinic.rows(
+        "SELECT status, send_after, attempts FROM message "
+        "WHERE step = 'first_48h' AND channel = 'sms'")[0]
+    assert (status, attempts) == ("pending", 1)
+    assert send_after > "2026-03-02 16:30"  # later than now, by the retry delay
+    # Delivered after all (receipts can cross): the retry is called off.
+    twilio.status("SMsent1", "delivered")
+    assert _first(clinic)[:2] == ("delivered", 1)
+
+
+def test_carrier_filtering_is_flagged_for_the_clinic(clinic: Clinic, twilio: Twilio) -> None:
+    _sent(clinic)
+    twilio.status("SMsent1", "undelivered", "30007")
+    status, _delivered, error, flag = _first(clinic)
+    assert status == "undelivered" and "30007" in str(error)
+    assert "carrier" in str(flag)
+    [row] = [m for m in clinic.json("messages") if m["status"] == "undelivered"]
+    assert row["flag"] == flag and row["delivered_at"] is None
+
+
+def test_bad_requests_get_a_4xx_and_change_nothing(clinic: Clinic, twilio: Twilio,
+                                                   app: App) -> None:
+    before = _state(clinic)
+    assert twilio.post("/twilio/status", {"MessageSid": "SM1"}).status_code == 400  # type: ignore[attr-defined]
+    assert twilio.post("/twilio/sms", {"From": PHONE}).status_code == 400  # type: ignore[attr-defined]
+    assert twilio.post("/twilio/status", {"MessageSid": "SM1", "MessageStatus": "failed",
+                                          "ErrorCode": "x"}).status_code == 400  # type: ignore[attr-defined]
+    big = {"MessageSid": "SM1", "From": PHONE, "Body": "x" * (app.settings.web.max_body_bytes + 1)}
+    assert twilio.post("/twilio/sms", big).status_code == 413  # type: ignore[attr-defined]
+    assert twilio.client.post("/nowhere").status_code == 404
+    assert twilio.client.get("/twilio/sms").status_code == 405
+    assert _state(clinic) == before
+
+
+def test_forget_erases_what_the_patient_texted(clinic: Clinic, twilio: Twilio) -> None:
+    twilio.sms("my arm is swollen and hot")
+    assert clinic.run("patient", "forget", "J1").exit_code == 0
+    assert clinic.rows("SELECT body, from_number, answer FROM reply") == [(None, None, None)]
