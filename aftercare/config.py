@@ -32,6 +32,16 @@ class ClinicConfig(_Section):
     timezone: str = "America/New_York"
     country: str = "US"
     booking_url: str = ""
+    # Who is alerted at once when a patient's reply looks urgent (SMS and email).
+    on_call_phone: str = ""
+    alerts_email: str = ""
+
+    @field_validator("on_call_phone")
+    @classmethod
+    def _on_call(cls, value: str) -> str:
+        if value and not re.fullmatch(r"\+[1-9]\d{6,14}", value):
+            raise ValueError(f"'{value}' is not an E.164 number (e.g. +12125550100)")
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -113,6 +123,10 @@ class SmsConfig(_Section):
     # Who answers STOP/START/HELP: aftercare (in the webhook's reply), or Twilio's own
     # Advanced Opt-Out (then aftercare records the keyword and answers nothing).
     keyword_replies: Literal["aftercare", "twilio"] = "aftercare"
+    # How replies and receipts arrive: "webhook" (Twilio calls web.public_url) or "poll"
+    # (the daemon asks Twilio, for clinics behind NAT). Empty: webhook when
+    # web.public_url is set, else poll.
+    inbound: Literal["", "webhook", "poll"] = ""
 
     @field_validator("from_")
     @classmethod
@@ -178,6 +192,13 @@ class WebConfig(_Section):
         return value.rstrip("/")
 
 
+class TriageConfig(_Section):
+    """What happens after an urgent reply."""
+
+    # Alert the on-call contact again when nobody acknowledged an urgent reply by then.
+    escalate_after_minutes: int = Field(15, ge=1, le=24 * 60)
+
+
 class DaemonConfig(_Section):
     poll_seconds: float = Field(15, gt=0, le=3600)
     batch_size: int = Field(50, ge=1, le=10_000)
@@ -200,6 +221,14 @@ class Settings(BaseSettings):
     email: EmailConfig = EmailConfig()
     daemon: DaemonConfig = DaemonConfig()
     web: WebConfig = WebConfig()
+    triage: TriageConfig = TriageConfig()
+
+    @property
+    def sms_inbound(self) -> str:
+        """"webhook" or "poll": how replies and delivery receipts reach aftercare."""
+        if self.sms.inbound:
+            return self.sms.inbound
+        return "webhook" if self.web.public_url else "poll"
 
     @property
     def sms_status_callback(self) -> str:

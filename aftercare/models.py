@@ -135,6 +135,11 @@ class Session(SQLModel, table=True):
     # have gone), numbered by this in Message.occurrence.
     moves: int = 0
     status: str = Field(default=SessionStatus.BOOKED, max_length=16)
+    # The patient's answer to a check-in before this session (e.g. bruising: "gone",
+    # "still_there"), when, and what staff must do about it (a booked session to move).
+    checkin: str | None = Field(default=None, max_length=32)
+    checkin_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    flag: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(sa_column=_utc())
 
 
@@ -232,3 +237,50 @@ class Reply(SQLModel, table=True):
     acknowledged_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
     closed_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
     note: str | None = Field(default=None, max_length=500)
+
+
+class NoticeKind(StrEnum):
+    ALERT = "alert"  # to the clinic's on-call contact: an urgent reply arrived
+    ESCALATION = "escalation"  # the same, again: nobody acknowledged it in time
+    STAFF_REPLY = "staff_reply"  # staff's own SMS to a patient (`aftercare reply`)
+
+
+class NoticeStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Notice(SQLModel, table=True):
+    """A message outside the plan (an alert to the clinic, a staff reply): stored, then sent.
+
+    Committed before the send, so nothing is lost; claimed by a compare-and-swap on its
+    status, so two senders do not both send it.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)
+    reply_id: int | None = Field(default=None, foreign_key="reply.id", index=True)
+    patient_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
+    channel: str = Field(max_length=16)
+    to_address: str | None = Field(default=None, max_length=254)
+    subject: str | None = Field(default=None, max_length=300)
+    body: str | None = Field(default=None, sa_type=Text)
+    status: str = Field(default=NoticeStatus.PENDING, max_length=16, index=True)
+    attempts: int = 0
+    claimed_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    send_after: datetime = Field(sa_column=_utc())
+    sent_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    provider_id: str | None = Field(default=None, max_length=64)
+    last_error: str | None = Field(default=None, max_length=500)
+    staff: str | None = Field(default=None, max_length=100)  # who sent it ("cli" for the CLI)
+    created_at: datetime = Field(sa_column=_utc())
+
+
+class PollCursor(SQLModel, table=True):
+    """How far `sms.inbound = "poll"` has read the provider's lists (kept across restarts)."""
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(default="", max_length=200)
+    updated_at: datetime = Field(sa_column=_utc())

@@ -53,6 +53,8 @@ RELEASED = {
     "0003_claim_tokens.py": "b61f039bd22e5c48c21f93f04239b8c6bd788fdb2077df478442b03aa311a358",
     "0004_replies_and_receipts.py":
         "d91c09aa3e22b433c172833887a6b157b38323d342f104330bc552b2042d1156",
+    "0005_notices_checkins_polling.py":
+        "94d7cfb1ff84e69ba9a4752508f1d25d08394b1c132d1cec399771f7b15a3302",
 }
 
 
