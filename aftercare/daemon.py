@@ -12,8 +12,10 @@ from types import FrameType
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from aftercare import notices
 from aftercare.app import App
 from aftercare.checks import require_setup
+from aftercare.replies import settle_unhandled
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,14 @@ class Sender:
         scheduler.add_job(dispatcher.recover_stale, "interval", seconds=RECOVERY_SECONDS,
                           id="recover", next_run_time=datetime.now(UTC), **common)
         scheduler.add_job(dispatch, "interval", seconds=poll, id="dispatch",
+                          next_run_time=datetime.now(UTC), **common)
+
+        def listen() -> None:
+            # Replies stored but not acted on, alerts and their escalation, staff replies.
+            settle_unhandled(app)
+            notices.run_once(app)
+
+        scheduler.add_job(listen, "interval", seconds=poll, id="notices",
                           next_run_time=datetime.now(UTC), **common)
         scheduler.add_listener(_on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
         console = [name for name in ("sms", "email")

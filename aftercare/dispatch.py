@@ -261,7 +261,7 @@ class Dispatcher:
         return Outgoing(message_id=message.id, channel=message.channel, to=to,
                         patient_name=patient.name, timezone=patient.timezone,
                         step=message.step, text=rendered.text, subject=rendered.subject,
-                        html=rendered.html, at=now)
+                        html=rendered.html, at=now, patient_id=patient.id)
 
     def _render(self, db: DbSession, message: Message, patient: Patient, course: Course,
                 session: Session) -> Rendered:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
-from aftercare.models import Course, Patient, Session
+from aftercare.models import Course, Notice, NoticeKind, Patient, Session
 
 
 def sessions_of(db: DbSession, course: Course) -> list[Session]:
@@ -37,6 +37,19 @@ def treatments_by_course(db: DbSession, course_ids: Iterable[int]) -> dict[int |
         return {}
     return {c.id: c.treatment
             for c in db.exec(select(Course).where(col(Course.id).in_(wanted))).all()}
+
+
+def alerts_by_reply(db: DbSession, reply_ids: Iterable[int]) -> dict[int, list[Notice]]:
+    """The alerts and escalations sent (or queued) about each reply, oldest first."""
+    wanted = set(reply_ids)
+    found: dict[int, list[Notice]] = {i: [] for i in wanted}
+    if wanted:
+        for notice in db.exec(select(Notice).where(
+                col(Notice.reply_id).in_(wanted),
+                col(Notice.kind).in_([NoticeKind.ALERT, NoticeKind.ESCALATION]))
+                .order_by(col(Notice.id))).all():
+            found[notice.reply_id or 0].append(notice)
+    return found
 
 
 def neighbour_session(db: DbSession, session: Session, status: str, *,

@@ -13,10 +13,12 @@ from datetime import datetime, timedelta
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
+from aftercare.app import App
 from aftercare.config import Settings
 from aftercare.errors import UserError
 from aftercare.history import record
 from aftercare.models import Patient, Reply, ReplyStatus
+from aftercare.notices import alert_on_call
 from aftercare.patients import set_opt_out
 from aftercare.planning import Planner
 from aftercare.rendering import Renderer, answer_context
@@ -106,6 +108,7 @@ def act(db: DbSession, planner: Planner, settings: Settings, renderer: Renderer,
         reply.status = ReplyStatus.OPEN
         if reply.triage == "urgent":
             answer = _answer(renderer, settings, patient, "urgent")
+            alert_on_call(db, settings, reply, patient, now)
         elif not _acknowledged_today(db, reply, now):
             answer = _answer(renderer, settings, patient, "acknowledge")
         if patient is not None:
@@ -169,3 +172,24 @@ def close(db: DbSession, reply: Reply, now: datetime, note: str | None = None,
         db.add(reply)
         if reply.patient_id is not None:
             record(db, now, "reply.closed", reply.patient_id, f"reply {reply.id} by {by}")
+
+
+def settle_unhandled(app: App, older_than: timedelta = timedelta(minutes=1)) -> int:
+    """Act on replies stored but never acted on (the process died in between, and the
+    provider did not retry); their answers go out as notices. Returns how many."""
+    from aftercare.notices import queue_answer
+
+    settled = 0
+    with app.db() as db:
+        waiting = list(db.exec(select(Reply.id).where(
+            col(Reply.handled_at).is_(None), Reply.received_at < app.clock() - older_than)).all())
+    for reply_id in waiting:
+        with app.db() as db:
+            reply = db.get(Reply, reply_id, with_for_update=True, populate_existing=True)
+            if reply is None or reply.handled_at is not None:
+                continue
+            answer = act(db, app.planner(), app.settings, app.renderer, app.triage_rules, reply)
+            if answer:
+                queue_answer(db, reply, answer, app.clock())
+            settled += 1
+    return settled

@@ -254,3 +254,89 @@ def test_forget_erases_what_the_patient_texted(clinic: Clinic, twilio: Twilio) -
     twilio.sms("my arm is swollen and hot")
     assert clinic.run("patient", "forget", "J1").exit_code == 0
     assert clinic.rows("SELECT body, from_number, answer FROM reply") == [(None, None, None)]
+
+
+@pytest.fixture
+def on_call(clinic: Clinic, app: App) -> None:
+    clinic.config.write_text(clinic.config.read_text().replace(
+        "[clinic]\n", '[clinic]\non_call_phone = "+12125550177"\n'
+                      'alerts_email = "oncall@lumiere.example"\n'), encoding="utf-8")
+
+
+def _notices(clinic: Clinic) -> list[tuple[object, ...]]:
+    return clinic.rows("SELECT kind, channel, to_address, status FROM notice ORDER BY id")
+
+
+def test_an_urgent_reply_alerts_the_on_call_contact_without_the_text_by_sms(
+        clinic: Clinic, on_call: None, clock: FixedClock) -> None:
+    from aftercare import notices
+
+    printed = io.StringIO()
+    app = clinic.app(clock=clock, console=printed)
+    with TestClient(create_app(app)) as client:
+        Twilio(client).sms("J'ai de la fievre et du pus sur la cuisse")
+    assert _notices(clinic) == [("alert", "sms", "+12125550177", "pending"),
+                                ("alert", "email", "oncall@lumiere.example", "pending")]
+    assert notices.run_once(app).sent == 2
+    out = printed.getvalue()
+    sms, email = out.split("Email #")
+    assert "URGENT reply from patient J1 (Jane Doe)" in sms and "fievre" not in sms
+    assert "fievre" in email  # the clinic's own mailbox gets the words
+    [listed] = clinic.json("inbox")
+    assert listed["alerts"] == ["alert sms sent", "alert email sent"]
+
+
+def test_an_unacknowledged_urgent_reply_is_escalated_until_someone_has_it(
+        clinic: Clinic, on_call: None, clock: FixedClock) -> None:
+    from aftercare import notices
+
+    app = clinic.app(clock=clock, console=io.StringIO())
+    with TestClient(create_app(app)) as client:
+        Twilio(client).sms("I can't breathe properly and my lips are swelling")
+    notices.run_once(app)
+    clock.now += timedelta(minutes=14)
+    notices.run_once(app)
+    assert [k for k, *_ in _notices(clinic)] == ["alert", "alert"]
+    clock.now += timedelta(minutes=1)
+    notices.run_once(app)
+    assert [k for k, *_ in _notices(clinic)] == ["alert", "alert", "escalation", "escalation"]
+    assert clinic.count("notice WHERE status = 'sent'") == 4
+    [reply] = clinic.json("inbox")
+    assert clinic.run("--now", clock.now.isoformat(), "inbox", "ack",
+                      str(reply["id"])).exit_code == 0
+    clock.now += timedelta(hours=2)
+    notices.run_once(app)
+    assert clinic.count("notice") == 4  # acknowledged: nobody is woken again
+
+
+def test_staff_reply_is_sent_now_and_refused_where_sms_cannot_go(clinic: Clinic,
+                                                                app: App) -> None:
+    sent = clinic.run("reply", "J1", "--text", "Please call us when you can.")
+    assert sent.exit_code == 0, sent.output
+    assert "Please call us when you can." in sent.stdout  # the console channel printed it
+    assert clinic.rows("SELECT kind, channel, to_address, status, staff FROM notice") == [
+        ("staff_reply", "sms", PHONE, "sent", "cli")]
+    assert clinic.run("patient", "opt-out", "J1", "--channel", "sms").exit_code == 0
+    refused = clinic.run("reply", "J1", "--text", "hello")
+    assert refused.exit_code == 2
+    assert refused.stderr.strip() == ("error: patient: patient 1 cannot get SMS: patient "
+                                      "opted out of sms")
+    assert clinic.count("notice") == 1
+    empty = clinic.run("reply", "J1", "--text", "  ")
+    assert empty.exit_code == 2 and "text: must not be empty" in empty.stderr
+
+
+def test_a_reply_stored_before_a_crash_is_acted_on_later(clinic: Clinic, app: App,
+                                                         clock: FixedClock) -> None:
+    from aftercare import replies
+
+    with app.db() as db:  # the process died right after storing it
+        replies.store(db, replies.Incoming("SM0001", PHONE, "+12125550100", "help"), clock())
+    assert replies.settle_unhandled(app) == 0  # too fresh: the webhook may still be at it
+    clock.now += timedelta(minutes=2)
+    assert replies.settle_unhandled(app) == 1
+    assert clinic.rows("SELECT status, handled_at IS NOT NULL FROM reply") == [("handled", 1)]
+    # The answer could not ride on the webhook's response: it goes as a notice.
+    assert clinic.rows("SELECT kind, to_address, status FROM notice") == [
+        ("staff_reply", PHONE, "pending")]
+    assert replies.settle_unhandled(app) == 0

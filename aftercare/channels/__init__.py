@@ -21,6 +21,7 @@ class Outgoing:
     subject: str | None = None
     html: str | None = None
     at: datetime | None = None  # the dispatcher's clock; lets the console show simulated time
+    patient_id: int | None = None  # e.g. for the email's signed one-click unsubscribe link
 
 
 class Channel(ABC):

@@ -69,6 +69,7 @@ for _command in (setup.init, setup.check, patients.patient, enroll.enroll, sessi
                  courses.course_group, timeline.timeline_command, messages.messages,
                  messages.send_due, imports.import_command, protocols.protocols,
                  protocols.preview_command, daemon.run, serve.serve, inbox.inbox_group,
+                 inbox.reply_command,
                  demo.demo):
     cli.add_command(_command)
 

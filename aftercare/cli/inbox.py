@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import click
 
 from aftercare.cli import render, views
 from aftercare.cli.context import Shown, Work, json_option, with_app
-from aftercare.queries import patients_by_id
+from aftercare.notices import queue_staff_reply, send_one
+from aftercare.patients import find_patient
+from aftercare.queries import alerts_by_reply, patients_by_id
 from aftercare.replies import acknowledge, close, find_reply, inbox
 
 
@@ -24,7 +28,8 @@ def inbox_group(ctx: click.Context, everything: bool, as_json: bool) -> None:
 def inbox_list(work: Work, everything: bool, as_json: bool) -> Shown:
     rows = inbox(work.db, everything=everything)
     if as_json:
-        return [views.reply_json(r) for r in rows]
+        alerts = alerts_by_reply(work.db, {r.id for r in rows if r.id is not None})
+        return [views.reply_json(r, alerts.get(r.id or 0, [])) for r in rows]
     known = {r.patient_id for r in rows if r.patient_id is not None}
     return render.inbox(rows, patients_by_id(work.db, known), work.app.settings.clinic.timezone)
 
@@ -48,3 +53,18 @@ def inbox_close(work: Work, reply_id: int, note: str | None) -> Shown:
     reply = find_reply(work.db, reply_id)
     close(work.db, reply, work.app.clock(), note)
     return f"Reply {reply.id} closed."
+
+
+@click.command("reply")
+@click.argument("patient_ident", metavar="PATIENT")
+@click.option("--text", required=True, help="The SMS to send (kept in the conversation).")
+@with_app
+def reply_command(work: Work, patient_ident: str, text: str) -> Shown:
+    """Send PATIENT an SMS from the clinic now (staff's own words, not a planned message)."""
+    app = work.app
+    # Two units of work: the notice is committed before it is sent, so it is never lost.
+    with app.db() as db:
+        notice = queue_staff_reply(db, find_patient(db, patient_ident), text, app.clock())
+        notice_id = notice.id
+    outcome = send_one(app, notice_id, random.Random())
+    return f"Reply {notice_id} to patient {notice.patient_id}: {outcome or 'queued'}."

@@ -13,7 +13,7 @@ from aftercare.clock import iso
 from aftercare.csv_import import ImportReport
 from aftercare.dispatch import DispatchCounts
 from aftercare.enrollment import Enrollment
-from aftercare.models import Course, Message, Patient, Reply, Session
+from aftercare.models import Course, Message, Notice, Patient, Reply, Session
 from aftercare.protocols import CHANNELS, Protocol, describe_timing
 from aftercare.timeline import Entry
 
@@ -226,12 +226,13 @@ def message_json(message: Message) -> MessageJson:
     }
 
 
-def reply_json(reply: Reply) -> ReplyJson:
-    """A reply in `inbox --json`."""
+def reply_json(reply: Reply, alerts: Iterable[Notice] = ()) -> ReplyJson:
+    """A reply in `inbox --json`; `alerts`: who was told about it, e.g. "alert sms sent"."""
     return {"id": reply.id, "patient_id": reply.patient_id,
             "received_at": reply.received_at.isoformat(), "from": reply.from_number,
             "body": reply.body, "triage": reply.triage, "status": reply.status,
-            "alerts": [], "answer": reply.answer, "note": reply.note}
+            "alerts": [f"{a.kind} {a.channel} {a.status}" for a in alerts],
+            "answer": reply.answer, "note": reply.note}
 
 
 def enrollment_json(result: Enrollment) -> EnrollmentJson:
