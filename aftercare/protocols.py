@@ -39,6 +39,35 @@ def parse_duration(text: str) -> timedelta:
 Anchor = Literal["session", "next_session", "rebooking", "maintenance"]
 
 
+class Question(BaseModel):
+    """A check-in a step's SMS asks (e.g. "has the bruising gone? reply 1 or 2"), as data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    # What the patient texts back (the whole message) -> the answer recorded on the session.
+    answers: dict[str, str]
+    # Words that, anywhere in a longer reply, mean `mentions_answer` (any language).
+    mentions: tuple[str, ...] = ()
+    mentions_answer: str = ""
+    # Answers that flag the booked session for staff, and what the flag tells them.
+    flag_on: tuple[str, ...] = ()
+    flag: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Question:
+        if not self.answers:
+            raise ValueError("`answers` must name at least one reply, e.g. { \"1\" = \"gone\" }")
+        known = set(self.answers.values())
+        if self.mentions and self.mentions_answer not in known:
+            raise ValueError("`mentions_answer` must be one of the answers' values")
+        if not set(self.flag_on) <= known:
+            raise ValueError("`flag_on` must list answers' values")
+        if self.flag_on and not self.flag:
+            raise ValueError("`flag` must say what staff should do when the session is flagged")
+        return self
+
+
 class Step(BaseModel):
     """One message of a protocol: when it goes, for how long it stays worth sending, where."""
 
@@ -55,6 +84,8 @@ class Step(BaseModel):
     on_sessions: Literal["every", "first", "last"] = "every"
     # Not sent once the patient has another session booked or done after this one.
     skip_if_later_session: bool = False
+    # A check-in the SMS asks before a booked session (steps anchored on next_session).
+    question: Question | None = None
 
     @field_validator("after", "valid_for", mode="before")
     @classmethod
@@ -73,6 +104,9 @@ class Step(BaseModel):
             raise ValueError("`channels` must name at least one of sms, email")
         if self.on_sessions != "every" and self.anchor != "session":
             raise ValueError("`on_sessions` only applies to steps anchored on the session")
+        if self.question is not None and self.anchor != "next_session":
+            raise ValueError("a `question` is asked before a booked session: anchor the step "
+                             "on next_session")
         return self
 
     @property

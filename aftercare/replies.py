@@ -14,6 +14,7 @@ from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
 from aftercare.app import App
+from aftercare.checkins import answer_of, open_question, record_answer
 from aftercare.config import Settings
 from aftercare.errors import UserError
 from aftercare.history import record
@@ -106,7 +107,17 @@ def act(db: DbSession, planner: Planner, settings: Settings, renderer: Renderer,
         locale = patient.locale if patient else settings.messaging.default_locale
         reply.triage = str(triage(reply.body or "", locale, rules).level)
         reply.status = ReplyStatus.OPEN
-        if reply.triage == "urgent":
+        asked = open_question(db, planner.protocols, patient, now) if patient else None
+        checkin = answer_of(asked.question, reply.body or "") if asked else None
+        if asked is not None and checkin is not None and reply.triage != "urgent":
+            # An answer to the reminder's check-in: recorded on the session, answered
+            # in kind; a flagging answer waits in the inbox for staff to call.
+            if record_answer(db, asked, checkin, now):
+                reply.triage = "review"
+            else:
+                reply.status = ReplyStatus.CLOSED
+            answer = _answer(renderer, settings, patient, f"{asked.question.key}_{checkin}")
+        elif reply.triage == "urgent":
             answer = _answer(renderer, settings, patient, "urgent")
             alert_on_call(db, settings, reply, patient, now)
         elif not _acknowledged_today(db, reply, now):

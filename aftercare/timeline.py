@@ -50,7 +50,8 @@ def timeline(db: DbSession, patient: Patient,
     courses = courses_of(db, patient.id)
     treatments = {c.id: c.treatment for c in courses}
     entries = [Entry(s.at, "session", s.course_id, s.id or 0, f"session {s.number}",
-                     status=s.status)
+                     status=s.status, notes={key: value for key, value in (
+                         ("checkin", s.checkin), ("flag", s.flag)) if value})
                for course in courses for s in sessions_of(db, course)]
     grouped: dict[tuple[int, str, int, datetime], Entry] = {}
     for m in db.exec(select(Message).where(Message.patient_id == patient.id)

@@ -33,19 +33,20 @@ def _pending(clinic: Clinic, channel: str = "sms") -> dict[str, str]:
 def test_session_commands_print_the_session_object(jane: Clinic) -> None:
     booked = jane.json("--now", NOW, "session", "book", "J1", "--at", "2026-06-15T09:00")
     assert booked == {"id": 3, "number": 3, "at": "2026-06-15T13:00:00+00:00",
-                      "status": "booked"}
+                      "status": "booked", "checkin": None, "flag": None}
     moved = jane.json("--now", NOW, "session", "reschedule", "3", "--at", "2026-06-16T09:00")
     assert moved["at"] == "2026-06-16T13:00:00+00:00" and moved["status"] == "booked"
     cancelled = jane.json("--now", NOW, "session", "cancel", "3", "--reason", "ill")
     assert cancelled == {"id": 3, "number": 3, "at": "2026-06-16T13:00:00+00:00",
-                         "status": "cancelled"}
+                         "status": "cancelled", "checkin": None, "flag": None}
     completed = jane.json("--now", "2026-06-08T11:00-04:00", "session", "complete", "2")
     assert completed == {"id": 2, "number": 2, "at": "2026-06-08T14:30:00+00:00",
-                         "status": "completed"}
+                         "status": "completed", "checkin": None, "flag": None}
     course = jane.json("course", "show", "1")
     assert set(course) == {"id", "treatment", "status", "sessions"}
     assert (course["id"], course["treatment"], course["status"]) == (1, "cellulite", "active")
-    assert [set(s) for s in course["sessions"]] == [{"id", "number", "at", "status"}] * 3
+    assert [set(s) for s in course["sessions"]] == [
+        {"id", "number", "at", "status", "checkin", "flag"}] * 3
 
 
 def test_completing_twice_changes_nothing(jane: Clinic) -> None:

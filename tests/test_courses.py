@@ -115,7 +115,7 @@ def test_six_session_cellulite_course_with_a_reschedule_and_a_cancellation(
     walk.at("2026-06-05T12:00")
     moved = walk.do("session", "reschedule", "2", "--at", "2026-06-10T10:30")
     assert moved == {"id": 2, "number": 2, "at": "2026-06-10T14:30:00+00:00",
-                     "status": "booked"}
+                     "status": "booked", "checkin": None, "flag": None}
     walk.at("2026-06-10T11:00")
     done = walk.do("session", "complete", "2")
     assert (done["id"], done["status"]) == (2, "completed")

@@ -340,3 +340,48 @@ def test_a_reply_stored_before_a_crash_is_acted_on_later(clinic: Clinic, app: Ap
     assert clinic.rows("SELECT kind, to_address, status FROM notice") == [
         ("staff_reply", PHONE, "pending")]
     assert replies.settle_unhandled(app) == 0
+
+
+@pytest.fixture
+def asked(clinic: Clinic, app: App) -> Clinic:
+    """J1's next session is booked and its reminder, with the bruising check-in, went out."""
+    booked = (SESSION + timedelta(days=14)).isoformat()
+    clinic.json("--now", NOW.isoformat(), "session", "book", "J1", "--at", booked)
+    clinic.rows("UPDATE message SET status = 'sent', sent_at = '2026-03-14 15:00:00.000000', "
+                "provider_id = 'SMreminder' WHERE step = 'next_session' AND channel = 'sms'")
+    return clinic
+
+
+@pytest.mark.parametrize(("text", "checkin", "flagged"), [
+    ("2", "bruising: still_there", True),
+    (" 1 ", "bruising: gone", False),
+    ("there is still a bruise on my thigh", "bruising: still_there", True),
+    ("j'ai encore un bleu", "bruising: still_there", True),
+])
+def test_the_bruising_check_in_is_recorded_and_flags_the_session(
+        asked: Clinic, twilio: Twilio, clock: FixedClock, text: str, checkin: str,
+        flagged: bool) -> None:
+    clock.now = utc("2026-03-14T11:00-04:00")  # after the reminder, before the session
+    answer = twilio.sms(text).text  # type: ignore[attr-defined]
+    session = asked.json("course", "show", "1")["sessions"][-1]
+    assert session["checkin"] == checkin
+    assert (session["flag"] is not None) == flagged
+    if flagged:
+        assert "call you to move it" in answer
+        [waiting] = asked.json("inbox")
+        assert waiting["triage"] == "review"
+        shown = asked.run("--now", clock.now.isoformat(), "course", "show", "1").stdout
+        assert "FLAG: bruising not gone: call the patient to move this session" in shown
+        timeline = asked.run("--now", clock.now.isoformat(), "timeline", "J1").stdout
+        assert "bruising not gone" in timeline
+    else:
+        assert "noted: the bruising has gone" in answer
+        assert asked.json("inbox") == []
+
+
+def test_no_check_in_once_the_session_has_begun(asked: Clinic, twilio: Twilio,
+                                                 clock: FixedClock) -> None:
+    clock.now = utc("2026-03-16T12:00-04:00")  # the session began at 11:30 (EDT)
+    twilio.sms("2")
+    assert asked.json("course", "show", "1")["sessions"][-1]["checkin"] is None
+    assert [r["triage"] for r in asked.json("inbox")] == ["routine"]

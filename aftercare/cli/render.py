@@ -180,7 +180,7 @@ def course(course: Course, sessions: Iterable[Session], tz: tzinfo) -> str:
     for s in sessions:
         local = s.at.astimezone(tz)
         lines.append(f"  session {s.id:>4}  #{s.number:<3} {local:%a %Y-%m-%d %H:%M} "
-                     f"{local.tzname():<5} {s.status}")
+                     f"{local.tzname():<5} {s.status}" + _checkin(s))
     return "\n".join(lines)
 
 
@@ -209,7 +209,8 @@ def timeline(patient: Patient, courses: Iterable[Course], entries: Sequence[Entr
         when = f"{local:%a %Y-%m-%d %H:%M} {local.tzname() or '':<5}"
         if entry.kind == "session":
             lines.append(f"{when} * {entry.label:<24} {entry.status.replace('_', '-')}"
-                         f"  [course {entry.course_id}, session id {entry.session_id}]")
+                         f"  [course {entry.course_id}, session id {entry.session_id}]"
+                         + (f"  ({'; '.join(entry.notes.values())})" if entry.notes else ""))
             continue
         states = set(entry.statuses.values())
         if len(states) == 1:
@@ -237,3 +238,9 @@ def inbox(rows: Sequence[Reply], patients: Mapping[int | None, Patient], clinic_
                      f"{local:%Y-%m-%d %H:%M} {local.tzname() or '':<5} {who[:24]:<24} "
                      f"{text[:60] + ('...' if len(text) > 60 else '')}")
     return "\n".join(lines)
+
+
+def _checkin(session: Session) -> str:
+    """A session's check-in answer and flag, for staff, or nothing."""
+    parts = [part for part in (session.checkin, session.flag and f"FLAG: {session.flag}") if part]
+    return f"  ({'; '.join(parts)})" if parts else ""

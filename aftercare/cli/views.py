@@ -51,6 +51,8 @@ class SessionJson(TypedDict):
     number: int
     at: str
     status: str
+    checkin: str | None  # the patient's check-in answer, e.g. "bruising: still_there"
+    flag: str | None  # what staff must do about this session, e.g. call to move it
 
 
 class CourseJson(TypedDict):
@@ -199,7 +201,7 @@ def patient_json(patient: Patient, courses: Iterable[Course]) -> PatientJson:
 def session_json(session: Session) -> SessionJson:
     """A session in `course show` and the `session` commands."""
     return {"id": session.id, "number": session.number, "at": session.at.isoformat(),
-            "status": session.status}
+            "status": session.status, "checkin": session.checkin, "flag": session.flag}
 
 
 def course_json(course: Course, sessions: Iterable[Session]) -> CourseJson:
