@@ -22,11 +22,12 @@ from aftercare.clock import Clock, system_clock
 from aftercare.config import Settings, config_path, load_settings
 from aftercare.db import make_engine, require_schema
 from aftercare.dispatch import Dispatcher
-from aftercare.errors import SendError
+from aftercare.errors import SendError, UserError
 from aftercare.planning import Planner
 from aftercare.protocols import ProtocolBook
 from aftercare.rendering import Renderer
 from aftercare.triage import TriageRules
+from aftercare.unsubscribe import secret_from_env
 
 
 class UnavailableChannel(Channel):
@@ -51,8 +52,13 @@ def build_channels(settings: Settings, console: TextIO | None = None) -> dict[st
                            if sid and token else
                            UnavailableChannel("sms", "TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset"))
     if settings.email.provider == "smtp":
+        try:
+            secret = secret_from_env()
+        except UserError:
+            secret = None  # `aftercare check` reports it; emails keep the mailto link meanwhile
         channels["email"] = SmtpEmail(settings.email, settings.clinic,
-                                      os.environ.get("AFTERCARE_SMTP_PASSWORD"))
+                                      os.environ.get("AFTERCARE_SMTP_PASSWORD"),
+                                      public_url=settings.web.public_url, secret=secret)
     return channels
 
 

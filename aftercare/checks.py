@@ -9,6 +9,7 @@ from aftercare.channels.twilio_sms import ACCOUNT_SID
 from aftercare.content_check import content_problems
 from aftercare.db import require_schema
 from aftercare.errors import UserError
+from aftercare.unsubscribe import secret_from_env
 
 
 def setup_problems(app: App, *, live: bool = True) -> list[str]:
@@ -24,6 +25,10 @@ def setup_problems(app: App, *, live: bool = True) -> list[str]:
     settings = app.settings
     if settings.sms.provider == "twilio":
         problems += credential_problems()
+    try:
+        secret_from_env()
+    except UserError as exc:
+        problems.append(str(exc))
     if settings.email.provider == "smtp" and settings.email.username \
             and not os.environ.get("AFTERCARE_SMTP_PASSWORD"):
         problems.append("email: email.username is set but AFTERCARE_SMTP_PASSWORD is not; "

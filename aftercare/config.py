@@ -294,7 +294,7 @@ def load_settings(path: Path | None) -> Settings:
 
 
 _SECRETS = {"account_sid": "TWILIO_ACCOUNT_SID", "auth_token": "TWILIO_AUTH_TOKEN",
-            "password": "AFTERCARE_SMTP_PASSWORD"}
+            "password": "AFTERCARE_SMTP_PASSWORD", "secret_key": "AFTERCARE_SECRET_KEY"}
 
 
 def _first_problem(exc: ValidationError, where: str) -> str:

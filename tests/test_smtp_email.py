@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from aftercare.channels import Channel, Outgoing
 from aftercare.channels.smtp_email import SmtpEmail
 from aftercare.config import ClinicConfig, EmailConfig
 from aftercare.errors import EMAIL_INVALID, SendError
+from aftercare.unsubscribe import make_token
 from conftest import Clinic, FixedClock, recover_at, run_at, utc
 
 CLINIC = ClinicConfig(name="Lumiere Aesthetics", phone="+1 212 555 0100",
@@ -36,10 +38,11 @@ def relay() -> Iterator[FakeSmtp]:
         yield server
 
 
-def _channel(server: FakeSmtp, password: str | None = None, **config: object) -> SmtpEmail:
+def _channel(server: FakeSmtp, password: str | None = None, *, public_url: str = "",
+             secret: bytes | None = None, **config: object) -> SmtpEmail:
     settings = EmailConfig(provider="smtp", host=server.host, port=server.port,
                            tls=config.pop("tls", "none"), timeout_seconds=5, **config)
-    return SmtpEmail(settings, CLINIC, password)
+    return SmtpEmail(settings, CLINIC, password, public_url=public_url, secret=secret)
 
 
 def test_email_has_both_parts_and_every_header(relay: FakeSmtp) -> None:
@@ -60,12 +63,50 @@ def test_email_has_both_parts_and_every_header(relay: FakeSmtp) -> None:
     assert html is not None and "<p>All is well.</p>" in html.get_content()
 
 
+KEY = b"test-only-secret-key-0123456789abcdef"
+LONG_URL = "https://aftercare.a-rather-long-host-name.lumiere-aesthetics.example/clinic/one"
+
+
+def test_one_click_unsubscribe_link_when_public_over_https(relay: FakeSmtp) -> None:
+    _channel(relay, public_url=LONG_URL, secret=KEY).send(replace(MESSAGE, patient_id=7))
+    [got] = relay.received
+    token = make_token(7, utc("2026-03-02T11:30-05:00"), KEY)  # MESSAGE.at
+    link = f"{LONG_URL}/unsubscribe/{token}"
+    assert got.message["List-Unsubscribe"] == (
+        f"<{link}>, <mailto:care@lumiere.example?subject=unsubscribe>")
+    assert got.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # On the wire the link is in clear, never RFC 2047-encoded however long it is.
+    assert f"\r\nList-Unsubscribe: <{link}>,\r\n <mailto:".encode() in got.raw
+    assert b"=?" not in got.raw
+
+
+@pytest.mark.parametrize(("public_url", "secret", "patient_id"), [
+    ("", KEY, 7), ("http://aftercare.clinic.example", KEY, 7),
+    ("https://aftercare.clinic.example", None, 7), ("https://aftercare.clinic.example", KEY, None),
+], ids=["no-public-url", "http-only", "no-secret", "no-patient"])
+def test_mailto_only_without_an_https_link(relay: FakeSmtp, public_url: str,
+                                           secret: bytes | None, patient_id: int | None) -> None:
+    channel = _channel(relay, public_url=public_url, secret=secret)
+    mail = channel.compose(replace(MESSAGE, patient_id=patient_id))
+    assert mail["List-Unsubscribe"] == "<mailto:care@lumiere.example?subject=unsubscribe>"
+    assert mail["List-Unsubscribe-Post"] is None  # RFC 8058 one-click needs https
+
+
 def test_the_same_row_always_gets_the_same_message_id(relay: FakeSmtp) -> None:
     channel = _channel(relay)
     channel.send(MESSAGE)
     channel.send(MESSAGE)  # a resend after a crash
     ids = {r.message["Message-ID"] for r in relay.received}
     assert ids == {"<aftercare.42@lumiere.example>"}
+
+
+def test_a_notice_never_shares_a_message_id_with_a_planned_message(relay: FakeSmtp) -> None:
+    from dataclasses import replace
+
+    channel = _channel(relay)
+    alert = replace(MESSAGE, step="notice.alert")  # notice 42, not message 42
+    assert channel.compose(alert)["Message-ID"] != channel.compose(MESSAGE)["Message-ID"]
+    assert channel.compose(alert)["Message-ID"] == channel.compose(alert)["Message-ID"]
 
 
 def test_starttls_with_login(cert: TestCert) -> None:

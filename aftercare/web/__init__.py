@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from aftercare.app import App
 from aftercare.daemon import Sender
-from aftercare.web import twilio
+from aftercare.web import twilio, unsubscribe
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ def create_app(app: App, *, send: bool = False) -> Starlette:
         Route("/healthz", health, methods=["GET"]),
         Route("/twilio/sms", twilio.incoming, methods=["POST"]),
         Route("/twilio/status", twilio.status, methods=["POST"]),
+        Route("/unsubscribe/{token}", unsubscribe.form, methods=["GET"]),
+        Route("/unsubscribe/{token}", unsubscribe.confirm, methods=["POST"]),
     ], lifespan=lifespan)
     web.state.aftercare = app
     return web
