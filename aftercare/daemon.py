@@ -15,6 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from aftercare import notices
 from aftercare.app import App
 from aftercare.checks import require_setup
+from aftercare.polling import MIN_POLL_SECONDS, Poller
 from aftercare.replies import settle_unhandled
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ class Sender:
 
         scheduler.add_job(listen, "interval", seconds=poll, id="notices",
                           next_run_time=datetime.now(UTC), **common)
+        if app.settings.sms.provider == "twilio" and app.settings.sms_inbound == "poll":
+            # No public URL: ask Twilio for replies and receipts (Poller.run never raises).
+            scheduler.add_job(Poller(app).run, "interval", seconds=max(poll, MIN_POLL_SECONDS),
+                              id="poll", next_run_time=datetime.now(UTC), **common)
         scheduler.add_listener(_on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
         console = [name for name in ("sms", "email")
                    if getattr(app.settings, name).provider == "console"]

@@ -1,5 +1,8 @@
 """A fake Twilio REST server (Messages resource only) that validates requests against Twilio's API contract.
 
+It creates, lists and fetches messages; tests add incoming messages with ``receive`` and play the carrier
+with ``set_status`` (what a delivery receipt would say), both then visible to list and fetch.
+
 The real ``twilio`` client talks to it over HTTP once pointed at it with ``client.api.base_url = fake.url``
 (or ``fake.attach(client)``); every request is checked against the table in twilio_contract.py, copied from
 Twilio's OpenAPI spec. The fake never reads the spec; a test compares the two if ../shared/twilio-oai exists.
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
     from twilio.rest import Client
 
 MESSAGES_PATH = "/2010-04-01/Accounts/{AccountSid}/Messages.json"
+# One message (fetch). Its Sid path parameter has the pattern of the message's sid property (the spec's
+# fetch operation declares no query parameters).
+MESSAGE_PATH = "/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json"
 MESSAGE_SCHEMA = "api.v2010.account.message"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 ERROR_DOCS = "https://www.twilio.com/docs/errors/{code}"
@@ -351,7 +357,9 @@ class FakeTwilio:
         self.account_sid: str = "AC" + secrets.token_hex(16)
         self.auth_token: str = secrets.token_hex(16)
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.created: list[dict[str, Any]] = []
+        self.created: list[dict[str, Any]] = []  # accepted creates (outgoing), oldest first
+        self.received: list[dict[str, Any]] = []  # incoming messages added by receive(), oldest first
+        self._listed: list[dict[str, Any]] = []  # both, in the order they arrived: what list and fetch see
         self.requests: list[Recorded] = []
         self.problems: list[str] = []
         # hold: when not None, an accepted create waits for hold.set() before replying (stop() sets it)
@@ -456,6 +464,71 @@ class FakeTwilio:
         with self._lock:
             return [m for m in self.created if m["to"] == number]
 
+    def receive(self, from_: str, to: str, body: str, at: datetime | None = None) -> str:
+        """An SMS from ``from_`` reaches ``to`` (one of the account's numbers); returns its sid.
+
+        It is listed and fetched like any message, as Twilio shows an incoming one: direction "inbound",
+        status "received", date_sent ``at`` (default: the fake's clock).
+        """
+        for name, number in (("from_", from_), ("to", to)):
+            if not _E164.fullmatch(number):
+                raise ValueError(f"{name}={number!r} is not an E.164 number")
+        when = rfc2822(at or self.clock())
+        sid = "SM" + secrets.token_hex(16)
+        known: dict[str, Any] = {
+            **self._common(sid, when),
+            "body": body,
+            "direction": "inbound",
+            "from": from_,
+            "num_media": "0",
+            "num_segments": str(segments(body)),
+            "status": "received",
+            "to": to,
+        }
+        message = {key: known.get(key) for key in self.contract.message_keys}
+        with self._changed:
+            self.received.append(message)
+            self._listed.append(message)
+            self._changed.notify_all()
+        return sid
+
+    def set_status(self, sid: str, status: str, error_code: int | None = None) -> None:
+        """Change a message's status and error code, as a carrier's report would; list and fetch show it."""
+        if status not in self.contract.status_enum:
+            raise ValueError(f"{status!r} is not one of {self.contract.status_enum}")
+        with self._changed:
+            message = self._find(sid)
+            if message is None:
+                raise KeyError(f"no message {sid}")
+            message["status"] = status
+            message["error_code"] = error_code
+            message["error_message"] = None  # Twilio deprecated it; error_code carries the reason
+            message["date_updated"] = rfc2822(self.clock())
+            self._changed.notify_all()
+
+    def _find(self, sid: str) -> dict[str, Any] | None:
+        with self._lock:
+            return next((m for m in self._listed if m["sid"] == sid), None)
+
+    def _common(self, sid: str, when: str) -> dict[str, Any]:
+        """The properties every message has, whichever way it goes."""
+        base = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}"
+        return {
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "date_created": when,
+            "date_sent": when,
+            "date_updated": when,
+            "error_code": None,
+            "error_message": None,
+            "messaging_service_sid": None,
+            "price": None,
+            "price_unit": None,
+            "sid": sid,
+            "subresource_uris": {"media": f"{base}/Media.json"},
+            "uri": f"{base}.json",
+        }
+
     def wait_until(self, predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
         """Wait (without polling sleeps) until ``predicate()`` holds after some request activity."""
         with self._changed:
@@ -479,6 +552,9 @@ class FakeTwilio:
             self._changed.notify_all()
 
     def _handle(self, recorded: Recorded, raw_path: str, content_type: str, auth: str | None) -> Reply:
+        one = self._one_message_sid(recorded.path)
+        if one is not None:
+            return self._handle_one(recorded, raw_path, one, auth)
         path_ok = recorded.path == self.messages_path
         if not path_ok or recorded.method not in ("GET", "POST"):
             status, code = (405, 20004) if path_ok else (404, 20404)
@@ -495,6 +571,32 @@ class FakeTwilio:
         if recorded.method == "GET":
             return self._list(recorded)
         return self._create(recorded, content_type)
+
+    def _one_message_sid(self, path: str) -> str | None:
+        """The Sid in a path of this account's one-message resource (MESSAGE_PATH), else None."""
+        prefix = MESSAGE_PATH.format(AccountSid=self.account_sid, Sid="")[: -len(".json")]
+        found = re.fullmatch(re.escape(prefix) + r"([^/]+)\.json", path)
+        return found.group(1) if found else None
+
+    def _handle_one(self, recorded: Recorded, raw_path: str, sid: str, auth: str | None) -> Reply:
+        """Fetch one message: GET .../Messages/{Sid}.json (update and delete are not in this fake)."""
+        if recorded.method != "GET":
+            self._problem(recorded, f"405: no such operation in this fake ({recorded.method} {raw_path})")
+            return Reply.error(405, 20004, "Method not allowed")
+        if _credentials(auth) != (self.account_sid, self.auth_token):
+            self._problem(recorded, "401: HTTP Basic auth is missing or not account_sid:auth_token")
+            return Reply.error(401, 20003, "Authenticate")
+        problems: list[str] = []
+        if recorded.query:  # the spec's fetch operation has none
+            problems.append(f"unexpected query parameters on fetch: {sorted(recorded.query)}")
+        problems += _value_problems("Sid", self.contract.message_properties["sid"], sid)
+        if problems:
+            return self._reject(recorded, problems)
+        message = self._find(sid)
+        if message is None:  # a valid request for a message this account does not have: Twilio's 404
+            return Reply.error(404, 20404, f"The requested resource {recorded.path} was not found")
+        with self._lock:
+            return Reply(200, json.dumps(message).encode())
 
     def _reject(self, recorded: Recorded, problems: list[str]) -> Reply:
         for message in problems:
@@ -541,6 +643,7 @@ class FakeTwilio:
         message = self._message(recorded)
         with self._changed:
             self.created.append(message)
+            self._listed.append(message)
             self.accepted_event.set()
             self._changed.notify_all()
         hold = self.hold
@@ -554,28 +657,16 @@ class FakeTwilio:
         form, media = recorded.form, recorded.form_lists.get("MediaUrl", [])
         now = rfc2822(self.clock())
         sid = ("MM" if media else "SM") + secrets.token_hex(16)
-        base = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}"
         known: dict[str, Any] = {
-            "account_sid": self.account_sid,
-            "api_version": "2010-04-01",
+            **self._common(sid, now),
             "body": form.get("Body", ""),
-            "date_created": now,
-            "date_sent": now,
-            "date_updated": now,
             "direction": "outbound-api",
-            "error_code": None,
-            "error_message": None,
             "from": form.get("From"),
             "messaging_service_sid": form.get("MessagingServiceSid"),
             "num_media": str(len(media)),
             "num_segments": str(segments(form.get("Body", ""))),
-            "price": None,
-            "price_unit": None,
-            "sid": sid,
             "status": "queued",
-            "subresource_uris": {"media": f"{base}/Media.json"},
             "to": form["To"],
-            "uri": f"{base}.json",
         }
         return {key: known.get(key) for key in self.contract.message_keys}
 
@@ -592,7 +683,7 @@ class FakeTwilio:
 
         query = recorded.query
         with self._lock:
-            matching = [m for m in reversed(self.created) if _matches(m, query)]  # newest first, like Twilio
+            matching = [m for m in reversed(self._listed) if _matches(m, query)]  # newest first, like Twilio
         page = int(query.get("Page", 0))
         page_size = int(query.get("PageSize", 50))
         start = page * page_size
@@ -615,7 +706,8 @@ class FakeTwilio:
             "uri": page_uri(page),
         }
         body = {key: known.get(key) for key in self.contract.list_keys}
-        return Reply(200, json.dumps(body).encode())
+        with self._lock:  # set_status may change a listed message while it is serialised
+            return Reply(200, json.dumps(body).encode())
 
 
 def _credentials(header: str | None) -> tuple[str, str] | None:
