@@ -8,7 +8,7 @@ from sqlmodel import col
 
 from aftercare.db import flush_to_disk
 from aftercare.history import record
-from aftercare.models import Event, Message, Patient, Reply
+from aftercare.models import Event, Message, Notice, NoticeKind, Patient, Reply
 from aftercare.planning import PlanChanges, Planner, replan_patient
 
 
@@ -32,6 +32,12 @@ def forget(db: DbSession, planner: Planner, patient: Patient) -> PlanChanges:
     # What the patient texted us, from which number, and what we or staff answered.
     db.exec(update(Reply).where(col(Reply.patient_id) == patient.id)
             .values(body=None, from_number=None, to_number=None, answer=None, note=None))
+    # Staff replies to the patient and alerts about the patient's replies name them.
+    db.exec(update(Notice).where(col(Notice.patient_id) == patient.id)
+            .values(body=None, subject=None))
+    db.exec(update(Notice).where(col(Notice.patient_id) == patient.id,
+                                 col(Notice.kind) == NoticeKind.STAFF_REPLY)
+            .values(to_address=None))
     record(db, now, "patient.forgotten", patient.id)
     # The erased values stay in SQLite's write-ahead log until a checkpoint, which cannot
     # run inside the caller's transaction: it runs once the caller has committed.

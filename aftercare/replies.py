@@ -18,7 +18,7 @@ from aftercare.checkins import answer_of, open_question, record_answer
 from aftercare.config import Settings
 from aftercare.errors import UserError
 from aftercare.history import record
-from aftercare.models import Patient, Reply, ReplyStatus
+from aftercare.models import Patient, Reply, ReplyStatus, TriageLevel
 from aftercare.notices import alert_on_call
 from aftercare.patients import set_opt_out
 from aftercare.planning import Planner
@@ -169,6 +169,21 @@ def acknowledge(db: DbSession, reply: Reply, now: datetime, by: str = "cli") -> 
         db.add(reply)
         if reply.patient_id is not None:
             record(db, now, "reply.acknowledged", reply.patient_id, f"reply {reply.id} by {by}")
+
+
+def retriage(db: DbSession, reply: Reply, level: str, now: datetime, by: str = "cli") -> None:
+    """Staff's own judgement of a reply's triage level replaces the matcher's."""
+    if level not in {t.value for t in TriageLevel}:
+        raise UserError("level", f"'{level}' is not a triage level; use urgent, review or routine")
+    if reply.keyword is not None:
+        raise UserError("reply", f"reply {reply.id} is the keyword {reply.keyword.upper()}: "
+                        "nothing to triage")
+    if reply.triage != level:
+        if reply.patient_id is not None:
+            record(db, now, "reply.retriaged", reply.patient_id,
+                   f"reply {reply.id}: {reply.triage} -> {level} by {by}")
+        reply.triage = level
+        db.add(reply)
 
 
 def close(db: DbSession, reply: Reply, now: datetime, note: str | None = None,

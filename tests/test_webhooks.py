@@ -385,3 +385,26 @@ def test_no_check_in_once_the_session_has_begun(asked: Clinic, twilio: Twilio,
     twilio.sms("2")
     assert asked.json("course", "show", "1")["sessions"][-1]["checkin"] is None
     assert [r["triage"] for r in asked.json("inbox")] == ["routine"]
+
+
+def test_staff_can_re_triage_a_reply(clinic: Clinic, twilio: Twilio) -> None:
+    twilio.sms("I feel a bit odd today")
+    [reply] = clinic.json("inbox")
+    assert reply["triage"] == "routine"
+    assert clinic.run("inbox", "triage", str(reply["id"]), "urgent").exit_code == 0
+    assert clinic.json("inbox")[0]["triage"] == "urgent"
+    bad = clinic.run("inbox", "triage", str(reply["id"]), "panic")
+    assert bad.exit_code == 2
+    assert "reply.retriaged" in [k for (k,) in clinic.rows("SELECT kind FROM event")]
+
+
+def test_forget_erases_staff_replies_and_alerts_about_the_patient(clinic: Clinic,
+                                                                  on_call: None) -> None:
+    app = clinic.app(console=io.StringIO())
+    with TestClient(create_app(app)) as client:
+        Twilio(client).sms("my face is swelling and I have a fever")
+    assert clinic.run("reply", "J1", "--text", "Calling you now").exit_code == 0
+    assert clinic.run("patient", "forget", "J1").exit_code == 0
+    rows = clinic.rows("SELECT kind, to_address, body, subject FROM notice ORDER BY id")
+    assert all(body is None and subject is None for _k, _to, body, subject in rows)
+    assert [to for kind, to, *_ in rows if kind == "staff_reply"] == [None]

@@ -11,7 +11,7 @@ from aftercare.cli.context import Shown, Work, json_option, with_app
 from aftercare.notices import queue_staff_reply, send_one
 from aftercare.patients import find_patient
 from aftercare.queries import alerts_by_reply, patients_by_id
-from aftercare.replies import acknowledge, close, find_reply, inbox
+from aftercare.replies import acknowledge, close, find_reply, inbox, retriage
 
 
 @click.group("inbox", invoke_without_command=True)
@@ -42,6 +42,17 @@ def inbox_ack(work: Work, reply_id: int) -> Shown:
     reply = find_reply(work.db, reply_id)
     acknowledge(work.db, reply, work.app.clock())
     return f"Reply {reply.id} {reply.status}."
+
+
+@inbox_group.command("triage")
+@click.argument("reply_id", metavar="ID", type=int)
+@click.argument("level", type=click.Choice(["urgent", "review", "routine"]))
+@with_app
+def inbox_triage(work: Work, reply_id: int, level: str) -> Shown:
+    """Re-triage reply ID: staff's judgement replaces the matcher's."""
+    reply = find_reply(work.db, reply_id)
+    retriage(work.db, reply, level, work.app.clock())
+    return f"Reply {reply.id} is {reply.triage}."
 
 
 @inbox_group.command("close")
