@@ -14,21 +14,12 @@ from datetime import datetime
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
+from aftercare.errors import UserError
 from aftercare.history import record
-from aftercare.models import (
-    Course,
-    Message,
-    MessageStatus,
-    Patient,
-    Session,
-    SessionStatus,
-)
+from aftercare.models import ACCEPTED, Course, Message, Patient, Session, SessionStatus
 from aftercare.protocols import ProtocolBook, Question
 from aftercare.queries import neighbour_session
 from aftercare.triage import fold
-
-# An answer counts for a question the patient was sent on SMS and that is still open.
-_ASKED = (MessageStatus.SENT, MessageStatus.DELIVERED)
 
 
 @dataclass(frozen=True)
@@ -44,7 +35,7 @@ def open_question(db: DbSession, protocols: ProtocolBook, patient: Patient,
     """The last question the patient was asked by SMS about a session still to come."""
     for message in db.exec(select(Message).where(
             Message.patient_id == patient.id, Message.channel == "sms",
-            col(Message.status).in_(_ASKED)).order_by(col(Message.sent_at).desc())
+            col(Message.status).in_(ACCEPTED)).order_by(col(Message.sent_at).desc())
             .limit(10)).all():
         course = db.get(Course, message.course_id)
         session = db.get(Session, message.session_id)
@@ -52,8 +43,8 @@ def open_question(db: DbSession, protocols: ProtocolBook, patient: Patient,
             continue
         try:
             question = protocols.get(course.treatment).step(message.step).question
-        except KeyError:
-            continue
+        except (KeyError, UserError):
+            continue  # a step or a whole protocol the clinic has since removed
         if question is None or session.status != SessionStatus.BOOKED or session.at <= now:
             continue
         # The reminder asks only when there was a session before (its bruising).
@@ -64,18 +55,35 @@ def open_question(db: DbSession, protocols: ProtocolBook, patient: Patient,
 
 
 def answer_of(question: Question, text: str) -> str | None:
-    """The answer a reply gives: the whole message is one of the answers, or it mentions
-    the question's subject (e.g. "still a bruise on my thigh"); else None."""
-    whole = text.strip().rstrip(".!").strip()
-    if whole in question.answers:
-        return question.answers[whole]
+    """The answer a reply gives plainly: the whole message, or its first word ("2", "1 -
+    all gone"), is one of the question's answers; else None."""
+    words = re.findall(r"\w+", text)
+    if words and (words[0] in question.answers) and (len(words) == 1 or not words[1].isdigit()):
+        return question.answers[words[0]]
+    return None
+
+
+def mentions(question: Question, text: str) -> bool:
+    """Whether a reply speaks of the question's subject (e.g. "the bruise is fading")."""
     words = re.findall(r"[a-z]+", fold(text))
     for mention in question.mentions:
         stem = mention.rstrip("*")
         if any(word == stem or (mention.endswith("*") and word.startswith(stem))
                for word in words):
-            return question.mentions_answer
-    return None
+            return True
+    return False
+
+
+def flag_for_staff(db: DbSession, asked: Asked, now: datetime) -> None:
+    """The patient wrote about the question's subject in their own words: staff read it."""
+    session = asked.session
+    session.flag = f"the patient wrote about {asked.question.key}: read the reply"[:200]
+    db.add(session)
+    course = db.get(Course, session.course_id)
+    assert course is not None
+    record(db, now, "session.flagged", course.patient_id,
+           f"session {session.number}: a reply about {asked.question.key}",
+           course_id=course.id, session_id=session.id)
 
 
 def record_answer(db: DbSession, asked: Asked, answer: str, now: datetime) -> bool:

@@ -29,6 +29,13 @@ def setup_problems(app: App, *, live: bool = True) -> list[str]:
         secret_from_env()
     except UserError as exc:
         problems.append(str(exc))
+    try:
+        app.triage_rules  # noqa: B018  (loading is the check: a clinic's file may be broken)
+    except UserError as exc:
+        problems.append(str(exc))
+    if settings.sms.inbound == "webhook" and not settings.web.public_url:
+        problems.append("sms: sms.inbound is webhook but web.public_url is not set; set the "
+                        "https URL Twilio reaches, or use inbound = \"poll\"")
     if settings.email.provider == "smtp" and settings.email.username \
             and not os.environ.get("AFTERCARE_SMTP_PASSWORD"):
         problems.append("email: email.username is set but AFTERCARE_SMTP_PASSWORD is not; "

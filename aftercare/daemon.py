@@ -55,13 +55,12 @@ class Sender:
         scheduler.add_job(dispatch, "interval", seconds=poll, id="dispatch",
                           next_run_time=datetime.now(UTC), **common)
 
-        def listen() -> None:
-            # Replies stored but not acted on, alerts and their escalation, staff replies.
-            settle_unhandled(app)
-            notices.run_once(app)
-
-        scheduler.add_job(listen, "interval", seconds=poll, id="notices",
-                          next_run_time=datetime.now(UTC), **common)
+        # Replies stored but not acted on; alerts, their escalation and staff replies.
+        # Two jobs, so a reply that keeps failing never holds up an alert.
+        scheduler.add_job(settle_unhandled, "interval", args=[app], seconds=poll,
+                          id="replies", next_run_time=datetime.now(UTC), **common)
+        scheduler.add_job(notices.run_once, "interval", args=[app], seconds=poll,
+                          id="notices", next_run_time=datetime.now(UTC), **common)
         if app.settings.sms.provider == "twilio" and app.settings.sms_inbound == "poll":
             # No public URL: ask Twilio for replies and receipts (Poller.run never raises).
             scheduler.add_job(Poller(app).run, "interval", seconds=max(poll, MIN_POLL_SECONDS),

@@ -21,7 +21,15 @@ from aftercare.clock import Clock, system_clock, zone
 from aftercare.config import Settings
 from aftercare.errors import SendError, UserError
 from aftercare.history import record
-from aftercare.models import Course, Message, MessageStatus, Patient, Session, SessionStatus
+from aftercare.models import (
+    ACCEPTED,
+    Course,
+    Message,
+    MessageStatus,
+    Patient,
+    Session,
+    SessionStatus,
+)
 from aftercare.patients import close_route
 from aftercare.planning import Planner, replan, why_unwanted
 from aftercare.protocols import ProtocolBook
@@ -278,7 +286,7 @@ class Dispatcher:
             next_session = neighbour_session(db, session, SessionStatus.BOOKED, later=True)
         first_sms = message.channel == "sms" and db.exec(
             select(Message.id).where(Message.patient_id == patient.id, Message.channel == "sms",
-                                     Message.status == MessageStatus.SENT).limit(1)
+                                     col(Message.status).in_(ACCEPTED)).limit(1)
         ).first() is None
         context = message_context(self.settings.clinic, patient, protocol, course, session,
                                   next_session, first_sms=first_sms, first_visit=done is None,
@@ -302,13 +310,13 @@ class Dispatcher:
     def _record_failure(self, claim: Claim, exc: SendError) -> str | None:
         """Record a failed try (the claim counted it): retry later, or fail for good."""
         now = self.clock()
-        error = (f"{exc.code}: {exc.reason}" if exc.code else exc.reason)[:500]
+        error = exc.describe()
         with DbSession(self.engine) as db:
             message = _held(db, claim)  # locked and checked: a compare-and-swap on the claim
             if message is None:
                 return None
-            retry = not exc.permanent and message.attempts < getattr(
-                self.settings, claim.channel).max_attempts
+            retry = exc.retryable(message.attempts,
+                                  getattr(self.settings, claim.channel).max_attempts)
             message.last_error, message.updated_at = error, now
             if exc.unknown_outcome:
                 # Keep the claim: once its lease runs out, recovery asks the provider whether

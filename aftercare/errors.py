@@ -41,3 +41,11 @@ class SendError(Exception):
         self.setup_problem = setup_problem
         # Something for staff to look at on the message (e.g. the carrier filtered it).
         self.flag = flag
+
+    def describe(self) -> str:
+        """The error as stored on a row (`last_error`): the provider's code, then why."""
+        return (f"{self.code}: {self.reason}" if self.code else self.reason)[:500]
+
+    def retryable(self, attempts: int, max_attempts: int) -> bool:
+        """Whether another try may help and is still allowed."""
+        return not self.permanent and attempts < max_attempts

@@ -52,6 +52,9 @@ class SessionStatus(StrEnum):
     NO_SHOW = "no_show"
 
 
+# Accepted by the provider and not known to have failed: what the patient has (probably) had.
+ACCEPTED = (MessageStatus.SENT, MessageStatus.DELIVERED)
+
 # Sessions that happen or will happen; cancelled and missed ones plan nothing.
 LIVE_SESSIONS = (SessionStatus.BOOKED, SessionStatus.COMPLETED)
 

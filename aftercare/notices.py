@@ -31,6 +31,7 @@ from aftercare.models import (
     ReplyStatus,
     TriageLevel,
 )
+from aftercare.patients import close_route
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ def alert_on_call(db: DbSession, settings: Settings, reply: Reply, patient: Pati
 def escalate(db: DbSession, settings: Settings, now: datetime) -> int:
     """Alert again about urgent replies still open `triage.escalate_after_minutes` after the
     last alert; returns how many replies were escalated."""
+    if not (settings.clinic.on_call_phone or settings.clinic.alerts_email):
+        return 0  # nobody to escalate to (said once, when the reply arrived)
     every = timedelta(minutes=settings.triage.escalate_after_minutes)
     escalated = 0
     for reply in db.exec(select(Reply).where(Reply.triage == TriageLevel.URGENT,
@@ -145,10 +148,13 @@ def send_one(app: App, notice_id: int | None, rng: random.Random) -> str | None:
     if claimed != 1 or notice is None:
         return None
     assert notice.id is not None
+    # An alert goes to the clinic: it must not carry the patient's unsubscribe link.
+    to_patient = notice.kind == NoticeKind.STAFF_REPLY
     outgoing = Outgoing(message_id=notice.id, channel=notice.channel,
-                        to=notice.to_address or "", patient_name="", timezone=app.settings.clinic.timezone,
-                        step=f"notice.{notice.kind}", text=notice.body or "", subject=notice.subject,
-                        at=now, patient_id=notice.patient_id)
+                        to=notice.to_address or "", patient_name="",
+                        timezone=app.settings.clinic.timezone, step=f"notice.{notice.kind}",
+                        text=notice.body or "", subject=notice.subject, at=now,
+                        patient_id=notice.patient_id if to_patient else None)
     try:
         provider_id = app.channels[notice.channel].send(outgoing)
     except SendError as exc:
@@ -178,12 +184,18 @@ def recover_stale(app: App) -> int:
 def _failed(app: App, notice: Notice, exc: SendError, rng: random.Random) -> str:
     now = app.clock()
     limit = getattr(app.settings, notice.channel).max_attempts
-    retry = not exc.permanent and notice.attempts < limit
-    error = (f"{exc.code}: {exc.reason}" if exc.code else exc.reason)[:500]
+    retry = exc.retryable(notice.attempts, limit)
+    error = exc.describe()
     with app.db() as db:
         db.exec(update(Notice).where(col(Notice.id) == notice.id).values(
             status=NoticeStatus.PENDING if retry else NoticeStatus.FAILED, last_error=error,
             claimed_at=None, send_after=now + retry_delay(app.settings, notice.attempts, rng)))
+        if exc.consequence and notice.kind == NoticeKind.STAFF_REPLY and notice.patient_id:
+            # The patient's route closed (STOP, invalid number): the same rule as any send.
+            patient = db.get(Patient, notice.patient_id, with_for_update=True)
+            if patient is not None:
+                close_route(db, app.planner(), patient, exc.consequence,
+                            f"provider error {exc.code}" if exc.code else "provider refusal")
     log.warning("notice %s (%s/%s): %s: %s", notice.id, notice.kind, notice.channel,
                 "retrying" if retry else "failed", error)
     return "retrying" if retry else "failed"

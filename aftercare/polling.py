@@ -36,9 +36,8 @@ from aftercare.app import App
 from aftercare.clock import as_utc
 from aftercare.config import SmsConfig
 from aftercare.models import Message, MessageStatus, PollCursor, Reply
-from aftercare.notices import queue_answer
 from aftercare.receipts import apply_receipt
-from aftercare.replies import Incoming, act, store
+from aftercare.replies import Incoming, settle, store
 
 log = logging.getLogger(__name__)
 
@@ -191,18 +190,11 @@ class Poller:
         """Act on a stored reply once, in its own unit of work; its answer is queued in the same
         commit. A reply already acted on (an earlier pass, or the notices job's settling of
         unhandled replies) is left alone."""
-        app = self.app
         try:
-            with app.db() as db:
-                reply = db.get(Reply, reply_id, with_for_update=True, populate_existing=True)
-                if reply is None or reply.handled_at is not None:
-                    return
-                answer = act(db, app.planner(), app.settings, app.renderer, app.triage_rules,
-                             reply)
-                if answer:
-                    queue_answer(db, reply, answer, app.clock())
-                    counts.answers += 1
+            acted, answer = settle(self.app, reply_id, queue=True)
+            if acted:
                 counts.acted += 1
+                counts.answers += bool(answer)
         except Exception as exc:
             # Stored, so not lost: the next pass (or the notices job) acts on it.
             log.exception("reply %s: acting on it failed (%s)", reply_id, type(exc).__name__)
@@ -239,7 +231,8 @@ class Poller:
             counts.checked += 1
             with app.db() as db:
                 outcome = apply_receipt(db, app.planner(), app.settings, provider_id,
-                                        str(fetched.status or ""), fetched.error_code, self.rng)
+                                        str(fetched.status or ""), fetched.error_code, self.rng,
+                                        to=fetched.to or None)
             if outcome != "ignored":
                 counts.receipts += 1
         with app.db() as db:

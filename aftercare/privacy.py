@@ -8,7 +8,7 @@ from sqlmodel import col
 
 from aftercare.db import flush_to_disk
 from aftercare.history import record
-from aftercare.models import Event, Message, Notice, NoticeKind, Patient, Reply
+from aftercare.models import Event, Message, Notice, NoticeKind, Patient, Reply, ReplyStatus
 from aftercare.planning import PlanChanges, Planner, replan_patient
 
 
@@ -30,6 +30,11 @@ def forget(db: DbSession, planner: Planner, patient: Patient) -> PlanChanges:
             .values(body=None, subject=None, provider_id=None, last_error=None))
     db.exec(update(Event).where(col(Event.patient_id) == patient.id).values(detail=""))
     # What the patient texted us, from which number, and what we or staff answered.
+    # Open replies are closed too: nothing about a forgotten patient wakes anyone.
+    db.exec(update(Reply).where(col(Reply.patient_id) == patient.id,
+                                col(Reply.status).in_([ReplyStatus.OPEN,
+                                                       ReplyStatus.ACKNOWLEDGED]))
+            .values(status=ReplyStatus.CLOSED, closed_at=now))
     db.exec(update(Reply).where(col(Reply.patient_id) == patient.id)
             .values(body=None, from_number=None, to_number=None, answer=None, note=None))
     # Staff replies to the patient and alerts about the patient's replies name them.

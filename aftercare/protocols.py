@@ -47,9 +47,8 @@ class Question(BaseModel):
     key: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     # What the patient texts back (the whole message) -> the answer recorded on the session.
     answers: dict[str, str]
-    # Words that, anywhere in a longer reply, mean `mentions_answer` (any language).
+    # Words that show a longer reply speaks of the subject (any language): staff read it.
     mentions: tuple[str, ...] = ()
-    mentions_answer: str = ""
     # Answers that flag the booked session for staff, and what the flag tells them.
     flag_on: tuple[str, ...] = ()
     flag: str = ""
@@ -59,8 +58,6 @@ class Question(BaseModel):
         if not self.answers:
             raise ValueError("`answers` must name at least one reply, e.g. { \"1\" = \"gone\" }")
         known = set(self.answers.values())
-        if self.mentions and self.mentions_answer not in known:
-            raise ValueError("`mentions_answer` must be one of the answers' values")
         if not set(self.flag_on) <= known:
             raise ValueError("`flag_on` must list answers' values")
         if self.flag_on and not self.flag:

@@ -27,7 +27,8 @@ _OPEN = (MessageStatus.SENT, MessageStatus.PENDING)
 
 
 def apply_receipt(db: DbSession, planner: Planner, settings: Settings, provider_id: str,
-                  status: str, error_code: int | None, rng: random.Random) -> str:
+                  status: str, error_code: int | None, rng: random.Random,
+                  to: str | None = None) -> str:
     """Record a delivery receipt for the message the provider knows as `provider_id`.
 
     Idempotent, and statuses never go backwards: the first final word wins, a late
@@ -53,11 +54,11 @@ def apply_receipt(db: DbSession, planner: Planner, settings: Settings, provider_
     if status not in _NOT_DELIVERED:
         return "ignored"  # a status this release does not know: nothing to act on
     error = receipt_error(status, error_code)
-    message.last_error = (f"{error.code}: {error.reason}" if error.code else error.reason)[:500]
+    message.last_error = error.describe()
     message.updated_at = now
     limit = getattr(settings, message.channel).max_attempts
     retry_at = now + retry_delay(settings, message.attempts, rng)
-    if not error.permanent and message.attempts < limit and retry_at < message.expires_at:
+    if error.retryable(message.attempts, limit) and retry_at < message.expires_at:
         # Not on the phone yet, and worth another try within its window: the dispatcher
         # sends it again (its provider id stays, so a late "delivered" still finds it).
         message.status, message.send_after = MessageStatus.PENDING, retry_at
@@ -75,6 +76,9 @@ def apply_receipt(db: DbSession, planner: Planner, settings: Settings, provider_
         patient = db.get(Patient, message.patient_id, with_for_update=True,
                          populate_existing=True)
         assert patient is not None
-        close_route(db, planner, patient, error.consequence, f"provider error {error.code}")
+        # A late receipt about a number the desk has since replaced says nothing of the
+        # new one (`to` is the number the message went to, when the provider says).
+        if to is None or to == patient.phone:
+            close_route(db, planner, patient, error.consequence, f"provider error {error.code}")
     log.info("message %s: receipt %s (%s)", message.id, outcome, error.code)
     return outcome

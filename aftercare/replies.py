@@ -14,12 +14,12 @@ from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
 from aftercare.app import App
-from aftercare.checkins import answer_of, open_question, record_answer
+from aftercare.checkins import answer_of, flag_for_staff, mentions, open_question, record_answer
 from aftercare.config import Settings
 from aftercare.errors import UserError
 from aftercare.history import record
 from aftercare.models import Patient, Reply, ReplyStatus, TriageLevel
-from aftercare.notices import alert_on_call
+from aftercare.notices import alert_on_call, queue_answer
 from aftercare.patients import set_opt_out
 from aftercare.planning import Planner
 from aftercare.rendering import Renderer, answer_context
@@ -107,21 +107,30 @@ def act(db: DbSession, planner: Planner, settings: Settings, renderer: Renderer,
         locale = patient.locale if patient else settings.messaging.default_locale
         reply.triage = str(triage(reply.body or "", locale, rules).level)
         reply.status = ReplyStatus.OPEN
+        if reply.triage == TriageLevel.URGENT:
+            # First, before anything that reads the plan: the clinic hears of it whatever else.
+            alert_on_call(db, settings, reply, patient, now)
+            answer = _answer(renderer, settings, patient, "urgent")
         asked = open_question(db, planner.protocols, patient, now) if patient else None
         checkin = answer_of(asked.question, reply.body or "") if asked else None
-        if asked is not None and checkin is not None and reply.triage != "urgent":
-            # An answer to the reminder's check-in: recorded on the session, answered
-            # in kind; a flagging answer waits in the inbox for staff to call.
+        if reply.triage == TriageLevel.URGENT:
+            pass
+        elif asked is not None and checkin is not None:
+            # An answer to the reminder's check-in: recorded on the session, answered in
+            # kind; a flagging answer waits in the inbox for staff to call.
             if record_answer(db, asked, checkin, now):
-                reply.triage = "review"
+                reply.triage = TriageLevel.REVIEW
             else:
                 reply.status = ReplyStatus.CLOSED
             answer = _answer(renderer, settings, patient, f"{asked.question.key}_{checkin}")
-        elif reply.triage == "urgent":
-            answer = _answer(renderer, settings, patient, "urgent")
-            alert_on_call(db, settings, reply, patient, now)
-        elif not _acknowledged_today(db, reply, now):
-            answer = _answer(renderer, settings, patient, "acknowledge")
+        else:
+            if asked is not None and mentions(asked.question, reply.body or ""):
+                # It speaks of the subject without a plain answer ("the bruise is almost
+                # gone"): the session is flagged for staff to read it, nothing is assumed.
+                flag_for_staff(db, asked, now)
+                reply.triage = TriageLevel.REVIEW
+            if not _acknowledged_today(db, reply, now):
+                answer = _answer(renderer, settings, patient, "acknowledge")
         if patient is not None:
             record(db, now, f"reply.{reply.triage}", patient.id, f"reply {reply.id}")
     reply.answer, reply.handled_at = answer, now
@@ -171,8 +180,10 @@ def acknowledge(db: DbSession, reply: Reply, now: datetime, by: str = "cli") -> 
             record(db, now, "reply.acknowledged", reply.patient_id, f"reply {reply.id} by {by}")
 
 
-def retriage(db: DbSession, reply: Reply, level: str, now: datetime, by: str = "cli") -> None:
-    """Staff's own judgement of a reply's triage level replaces the matcher's."""
+def retriage(db: DbSession, settings: Settings, reply: Reply, level: str, now: datetime,
+             by: str = "cli") -> None:
+    """Staff's own judgement of a reply's triage level replaces the matcher's; made urgent,
+    it alerts the on-call contact at once, as an urgent reply would have."""
     if level not in {t.value for t in TriageLevel}:
         raise UserError("level", f"'{level}' is not a triage level; use urgent, review or routine")
     if reply.keyword is not None:
@@ -184,6 +195,9 @@ def retriage(db: DbSession, reply: Reply, level: str, now: datetime, by: str = "
                    f"reply {reply.id}: {reply.triage} -> {level} by {by}")
         reply.triage = level
         db.add(reply)
+        if level == TriageLevel.URGENT and reply.status == ReplyStatus.OPEN:
+            patient = db.get(Patient, reply.patient_id) if reply.patient_id else None
+            alert_on_call(db, settings, reply, patient, now)
 
 
 def close(db: DbSession, reply: Reply, now: datetime, note: str | None = None,
@@ -200,22 +214,41 @@ def close(db: DbSession, reply: Reply, now: datetime, note: str | None = None,
             record(db, now, "reply.closed", reply.patient_id, f"reply {reply.id} by {by}")
 
 
-def settle_unhandled(app: App, older_than: timedelta = timedelta(minutes=1)) -> int:
-    """Act on replies stored but never acted on (the process died in between, and the
-    provider did not retry); their answers go out as notices. Returns how many."""
-    from aftercare.notices import queue_answer
+def settle(app: App, reply_id: int, *, queue: bool) -> tuple[bool, str | None]:
+    """Act on a stored reply once, in its own unit of work: (acted now, its answer).
 
-    settled = 0
+    With `queue`, the answer goes out as a notice, committed with the rest (it cannot ride
+    on a webhook's response: poll mode, or a reply settled late). A reply already acted on
+    is left alone and its answer given again (a webhook retried).
+    """
+    with app.db() as db:
+        reply = db.get(Reply, reply_id, with_for_update=True, populate_existing=True)
+        if reply is None:
+            return False, None
+        if reply.handled_at is not None:
+            return False, reply.answer
+        answer = act(db, app.planner(), app.settings, app.renderer, app.triage_rules, reply)
+        if answer and queue:
+            queue_answer(db, reply, answer, app.clock())
+        return True, answer
+
+
+def settle_unhandled(app: App, older_than: timedelta = timedelta(minutes=1)) -> int:
+    """Act on replies stored but never acted on (the process died in between, or acting
+    failed, and the provider did not retry). One reply that fails stays for the next
+    round and never holds up the others. Returns how many were acted on."""
     with app.db() as db:
         waiting = list(db.exec(select(Reply.id).where(
-            col(Reply.handled_at).is_(None), Reply.received_at < app.clock() - older_than)).all())
+            col(Reply.handled_at).is_(None), Reply.received_at < app.clock() - older_than)
+            .order_by(col(Reply.id))).all())
+    settled = 0
     for reply_id in waiting:
-        with app.db() as db:
-            reply = db.get(Reply, reply_id, with_for_update=True, populate_existing=True)
-            if reply is None or reply.handled_at is not None:
-                continue
-            answer = act(db, app.planner(), app.settings, app.renderer, app.triage_rules, reply)
-            if answer:
-                queue_answer(db, reply, answer, app.clock())
-            settled += 1
+        if reply_id is None:
+            continue
+        try:
+            settled += settle(app, reply_id, queue=True)[0]
+        except Exception as exc:
+            log.error("reply %s: acting on it failed (%s); tried again next round", reply_id,
+                      type(exc).__name__)
+            log.debug("reply %s: error detail", reply_id, exc_info=True)
     return settled

@@ -9,7 +9,7 @@ from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
 from aftercare.errors import UserError
-from aftercare.models import Course, Message, MessageStatus, Patient
+from aftercare.models import ACCEPTED, Course, Message, Patient
 from aftercare.protocols import ProtocolBook
 from aftercare.queries import courses_of, sessions_of
 
@@ -56,12 +56,12 @@ def timeline(db: DbSession, patient: Patient,
     grouped: dict[tuple[int, str, int, datetime], Entry] = {}
     for m in db.exec(select(Message).where(Message.patient_id == patient.id)
                      .order_by(col(Message.id))).all():
-        at = m.sent_at if m.status == MessageStatus.SENT and m.sent_at else m.send_after
+        at = m.sent_at if m.sent_at else m.send_after
         label = step_label(m, treatments[m.course_id], protocols)
         key = (m.session_id, label, m.course_id, at.replace(second=0, microsecond=0))
         entry = grouped.setdefault(key, Entry(at, "message", m.course_id, m.session_id, label))
         entry.statuses[m.channel] = m.status
-        if m.last_error and m.status != MessageStatus.SENT:
+        if m.last_error and m.status not in ACCEPTED:
             entry.notes[m.channel] = m.last_error
     entries += grouped.values()
     entries.sort(key=lambda e: (e.at, e.kind != "session", e.label))

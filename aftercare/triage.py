@@ -21,10 +21,12 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from aftercare.errors import UserError
+from aftercare.models import TriageLevel
 
-URGENT = "urgent"
-REVIEW = "review"
-ROUTINE = "routine"
+# The levels are the inbox's (models.TriageLevel): one definition.
+URGENT = TriageLevel.URGENT.value
+REVIEW = TriageLevel.REVIEW.value
+ROUTINE = TriageLevel.ROUTINE.value
 LEVELS = (URGENT, REVIEW)  # checked in this order: urgent beats review beats routine
 
 _PACKAGE = Path(__file__).resolve().parent

@@ -373,3 +373,14 @@ def test_replies_fit_and_say_how_to_reach_help(locale: str, reply: str, patient:
     assert "  " not in text and " ," not in text
     if reply == "help":
         assert "STOP" in text
+
+
+@pytest.mark.parametrize(("text", "locale"), [
+    ("no doubt it is infected, there is pus", "en"),
+    ("not just a fever, my face is swelling", "en"),
+    ("sans doute une infection, il y a du pus", "fr"),
+    ("pas seulement de la fievre", "fr"),
+])
+def test_a_negation_that_is_not_about_the_symptom_keeps_it_urgent(
+        rules: TriageRules, text: str, locale: str) -> None:
+    assert triage(text, locale, rules).level == "urgent"

@@ -51,7 +51,7 @@ def inbox_ack(work: Work, reply_id: int) -> Shown:
 def inbox_triage(work: Work, reply_id: int, level: str) -> Shown:
     """Re-triage reply ID: staff's judgement replaces the matcher's."""
     reply = find_reply(work.db, reply_id)
-    retriage(work.db, reply, level, work.app.clock())
+    retriage(work.db, work.app.settings, reply, level, work.app.clock())
     return f"Reply {reply.id} is {reply.triage}."
 
 

@@ -15,9 +15,9 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from aftercare.app import App
-from aftercare.models import Reply
 from aftercare.receipts import apply_receipt
-from aftercare.replies import Incoming, act, store
+from aftercare.replies import Incoming, settle, store
+from aftercare.web.limits import read_body
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +26,7 @@ async def verified_form(request: Request) -> dict[str, str]:
     """The request's form parameters, once its X-Twilio-Signature proves Twilio sent them
     to `web.public_url` + this path; 403 otherwise, 413 for a body over the limit."""
     app: App = request.app.state.aftercare
-    limit = app.settings.web.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, "request body too large")
-    body = await request.body()
-    if len(body) > limit:
-        raise HTTPException(413, "request body too large")
+    body = await read_body(request, app.settings.web.max_body_bytes)
     try:
         params = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True,
                                 strict_parsing=bool(body)))
@@ -71,7 +65,8 @@ async def status(request: Request) -> Response:
     def apply() -> None:
         with app.db() as db:
             apply_receipt(db, app.planner(), app.settings, sid, state.lower(),
-                          int(code_text) if code_text else None, random.Random())
+                          int(code_text) if code_text else None, random.Random(),
+                          to=params.get("To") or None)
 
     await run_in_threadpool(apply)
     return Response(status_code=204)
@@ -86,14 +81,12 @@ async def incoming(request: Request) -> Response:
                         to_number=params.get("To"), body=params.get("Body", ""))
 
     def receive() -> str | None:
-        # Stored and committed before anything else: a crash after this loses nothing,
-        # and Twilio's retry (or the next poll) acts on it.
+        # Stored and committed before anything else: a crash after this loses nothing;
+        # Twilio's retry, or the sender's settling of unhandled replies, acts on it.
         with app.db() as db:
             reply_id = store(db, incoming, app.clock()).id
-        with app.db() as db:
-            reply = db.get(Reply, reply_id, with_for_update=True)
-            assert reply is not None
-            return act(db, app.planner(), app.settings, app.renderer, app.triage_rules, reply)
+        assert reply_id is not None
+        return settle(app, reply_id, queue=False)[1]
 
     answer = await run_in_threadpool(receive)
     twiml = MessagingResponse()

@@ -20,6 +20,7 @@ from aftercare.errors import UserError
 from aftercare.models import Patient
 from aftercare.patients import set_opt_out
 from aftercare.unsubscribe import SECRET_ENV, InvalidToken, read_token, secret_from_env
+from aftercare.web.limits import read_body
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,8 @@ async def confirm(request: Request) -> Response:
     """Opt the link's patient out of email: the button's POST or the mail provider's
     RFC 8058 one (`List-Unsubscribe=One-Click`); doing it twice changes nothing more."""
     app: App = request.app.state.aftercare
-    limit = app.settings.web.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return Response("request body too large\n", status_code=413, media_type="text/plain")
-    body = await request.body()  # its content does not matter: the link is the authority
-    if len(body) > limit:
-        return Response("request body too large\n", status_code=413, media_type="text/plain")
+    # Its content does not matter (the link is the authority), only its size.
+    await read_body(request, app.settings.web.max_body_bytes)
     verified = _verify(app, request.path_params["token"])
     if isinstance(verified, Response):
         return verified
