@@ -29,10 +29,9 @@ from typing import Any
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 from twilio.base.exceptions import TwilioException, TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.rest import Client
 
 from aftercare.app import App
+from aftercare.channels.twilio_sms import make_client
 from aftercare.clock import as_utc
 from aftercare.config import SmsConfig
 from aftercare.models import Message, MessageStatus, PollCursor, Reply
@@ -80,17 +79,11 @@ class PollSetupError(Exception):
 
 
 def twilio_client(sms: SmsConfig) -> Any:
-    """The official client, built as TwilioSms builds its own (channels/twilio_sms.py, kept in
-    step by hand): credentials only from the environment, `sms.timeout_seconds`, and
-    `sms.api_base_url` when set (edge and region cleared, they would rewrite its host)."""
+    """The official client, as the SMS channel builds it; credentials from the environment."""
     sid, token = os.environ.get("TWILIO_ACCOUNT_SID"), os.environ.get("TWILIO_AUTH_TOKEN")
     if not sid or not token:
         raise PollSetupError("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset")
-    client = Client(sid, token, http_client=TwilioHttpClient(timeout=sms.timeout_seconds))
-    if sms.api_base_url:
-        client.api.base_url = sms.api_base_url
-        client.edge = client.region = None
-    return client
+    return make_client(sms, sid, token)
 
 
 class Poller:

@@ -235,6 +235,7 @@ def test_carrier_filtering_is_flagged_for_the_clinic(clinic: Clinic, twilio: Twi
     assert "carrier" in str(flag)
     [row] = [m for m in clinic.json("messages") if m["status"] == "undelivered"]
     assert row["flag"] == flag and row["delivered_at"] is None
+    assert f"FLAG: {flag}" in clinic.run("messages").stdout
 
 
 def test_bad_requests_get_a_4xx_and_change_nothing(clinic: Clinic, twilio: Twilio,
@@ -482,3 +483,26 @@ def test_a_chunked_body_over_the_limit_is_refused_before_it_is_all_read(
                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert answer.status_code == 413
     assert clinic.count("reply") == 0
+
+
+@pytest.mark.parametrize("word", ["STOP", "stopall", "Unsubscribe", "CANCEL", "end", "quit",
+                                  "revoke", "OptOut"])
+def test_every_opt_out_keyword_opts_out(clinic: Clinic, twilio: Twilio, word: str) -> None:
+    twilio.sms(f" {word} ")
+    assert clinic.rows("SELECT sms_opted_out_at IS NOT NULL FROM patient") == [(1,)]
+    assert clinic.rows("SELECT keyword FROM reply") == [("stop",)]
+
+
+@pytest.mark.parametrize("word", ["START", "unstop", "Yes"])
+def test_every_opt_in_keyword_opts_back_in(clinic: Clinic, twilio: Twilio, word: str) -> None:
+    twilio.sms("STOP", sid="SM0001")
+    twilio.sms(word, sid="SM0002")
+    assert clinic.rows("SELECT sms_opted_out_at FROM patient") == [(None,)]
+
+
+@pytest.mark.parametrize("text", ["stop please", "please STOP", "help me", "info?"])
+def test_a_keyword_inside_a_longer_message_is_a_reply_for_the_inbox(
+        clinic: Clinic, twilio: Twilio, text: str) -> None:
+    twilio.sms(text)
+    assert clinic.rows("SELECT sms_opted_out_at FROM patient") == [(None,)]
+    assert clinic.rows("SELECT keyword, status FROM reply") == [(None, "open")]

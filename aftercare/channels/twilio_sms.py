@@ -39,12 +39,7 @@ class TwilioSms(Channel):
                  limiter: RateLimiter | None = None, status_callback: str = "") -> None:
         self._config = config
         self._status_callback = status_callback
-        self._client = Client(account_sid, auth_token,
-                              http_client=TwilioHttpClient(timeout=config.timeout_seconds))
-        if config.api_base_url:
-            self._client.api.base_url = config.api_base_url
-            # TWILIO_EDGE / TWILIO_REGION would rewrite the host of an explicit base URL.
-            self._client.edge = self._client.region = None
+        self._client = make_client(config, account_sid, auth_token)
         self._limiter = limiter or RateLimiter(config.rate_per_second)
 
     def send(self, message: Outgoing) -> str:
@@ -105,6 +100,17 @@ class TwilioSms(Channel):
             return [f"sms: cannot reach Twilio at {self._client.api.base_url} "
                     f"({type(exc).__name__})"]
         return []
+
+
+def make_client(config: SmsConfig, account_sid: str, auth_token: str) -> Client:
+    """The official client with `sms.timeout_seconds`, and `sms.api_base_url` when set."""
+    client = Client(account_sid, auth_token,
+                    http_client=TwilioHttpClient(timeout=config.timeout_seconds))
+    if config.api_base_url:
+        client.api.base_url = config.api_base_url
+        # TWILIO_EDGE / TWILIO_REGION would rewrite the host of an explicit base URL.
+        client.edge = client.region = None
+    return client
 
 
 def classify(exc: TwilioRestException) -> SendError:

@@ -109,7 +109,8 @@ def message_table(rows: Iterable[Message], patients: Mapping[int | None, Patient
         owner = patients.get(m.patient_id)
         local = m.send_after.astimezone(zone(owner.timezone)) if owner else m.send_after
         when = f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
-        detail = " | ".join(part for part in (m.provider_id, m.last_error) if part)
+        flag = f"FLAG: {m.flag}" if m.flag else None
+        detail = " | ".join(part for part in (m.provider_id, m.last_error, flag) if part)
         label = step_label(m, treatments.get(m.course_id, ""), protocols)
         lines.append(f"{m.id:>5}  {m.patient_id:<8} {label:<17} {m.channel:<7} {when:<24} "
                      f"{m.status:<9} {m.attempts:>5}  {detail}")
