@@ -20,6 +20,13 @@ from aftercare.quiet_hours import QuietHours
 DEFAULT_CONFIG = Path("config/aftercare.toml")
 
 
+def _e164(value: str) -> str:
+    """`value` if empty or an E.164 number (how Twilio writes numbers), else a ValueError."""
+    if value and not re.fullmatch(r"\+[1-9]\d{6,14}", value):
+        raise ValueError(f"'{value}' is not an E.164 number (e.g. +12125550100)")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -39,9 +46,7 @@ class ClinicConfig(_Section):
     @field_validator("on_call_phone")
     @classmethod
     def _on_call(cls, value: str) -> str:
-        if value and not re.fullmatch(r"\+[1-9]\d{6,14}", value):
-            raise ValueError(f"'{value}' is not an E.164 number (e.g. +12125550100)")
-        return value
+        return _e164(value)
 
     @field_validator("timezone")
     @classmethod
@@ -130,10 +135,8 @@ class SmsConfig(_Section):
 
     @field_validator("from_")
     @classmethod
-    def _e164(cls, value: str) -> str:
-        if value and not re.fullmatch(r"\+[1-9]\d{6,14}", value):
-            raise ValueError(f"'{value}' is not an E.164 number (e.g. +12125550100)")
-        return value
+    def _from(cls, value: str) -> str:
+        return _e164(value)
 
     @field_validator("messaging_service_sid")
     @classmethod
