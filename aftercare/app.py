@@ -96,11 +96,16 @@ class App:
                                  clock=clock, console=console)
 
     @contextmanager
-    def db(self) -> Iterator[DbSession]:
+    def db(self, actor: str | None = None) -> Iterator[DbSession]:
         """One unit of work on a schema this release understands: committed if the block
-        ends normally, rolled back if it raises (library functions never commit)."""
+        ends normally, rolled back if it raises (library functions never commit).
+
+        `actor` is who the history records for its changes: a staff member, "cli", or
+        (by default) the service itself.
+        """
         require_schema(self.engine)
-        with DbSession(self.engine, expire_on_commit=False) as session:
+        with DbSession(self.engine, expire_on_commit=False,
+                       info={"actor": actor} if actor else None) as session:
             yield session
             session.commit()
 

@@ -186,6 +186,10 @@ class WebConfig(_Section):
     public_url: str = ""
     # The largest request body accepted (Twilio's webhooks are a few kilobytes).
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=10 * 1024 * 1024)
+    # The console signs a browser out after this many minutes without a request.
+    session_minutes: int = Field(30, ge=1, le=24 * 60)
+    # The largest CSV the console's import page accepts.
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=200 * 1024 * 1024)
 
     @field_validator("public_url")
     @classmethod

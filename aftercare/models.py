@@ -158,6 +158,8 @@ class Message(SQLModel, table=True):
         Index("ix_message_status_send_after", "status", "send_after"),
         # Delivery receipts find their message by the provider's id.
         Index("ix_message_provider_id", "provider_id"),
+        # The console's "sent today".
+        Index("ix_message_sent_at", "sent_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -202,6 +204,9 @@ class Event(SQLModel, table=True):
     kind: str = Field(max_length=40)  # e.g. session.booked, message.cancelled
     # Never contact data or message text; staff's free-text reasons are erased on forget.
     detail: str = Field(default="", max_length=500)
+    # Who made the change: a staff member's email (console), "cli", or "aftercare" (the
+    # service itself: a STOP, a receipt). None on events recorded before this was kept.
+    actor: str | None = Field(default=None, max_length=254)
 
 
 class ReplyStatus(StrEnum):
@@ -287,3 +292,37 @@ class PollCursor(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     value: str = Field(default="", max_length=200)
     updated_at: datetime = Field(sa_column=_utc())
+
+
+class StaffRole(StrEnum):
+    FRONTDESK = "frontdesk"  # patients, enrollments, bookings, routine replies
+    CLINICIAN = "clinician"  # and urgent and review replies
+    ADMIN = "admin"  # and users, import, forget, setup checks
+
+
+class StaffUser(SQLModel, table=True):
+    """A console login. The password is kept only as an Argon2id hash."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=254, unique=True)
+    name: str = Field(max_length=200)
+    role: str = Field(max_length=16)
+    password_hash: str = Field(max_length=200)
+    locale: str | None = Field(default=None, max_length=8)  # None: the clinic's language
+    failed_logins: int = 0
+    locked_until: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    disabled_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    last_login_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    created_at: datetime = Field(sa_column=_utc())
+
+
+class StaffSession(SQLModel, table=True):
+    """One signed-in browser. The cookie carries a random token; only its hash is kept."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    user_id: int = Field(foreign_key="staffuser.id", index=True)
+    csrf: str = Field(max_length=64)  # the token every form of this session must carry
+    flash: str | None = Field(default=None, max_length=500)  # one line shown on the next page
+    created_at: datetime = Field(sa_column=_utc())
+    last_seen_at: datetime = Field(sa_column=_utc())

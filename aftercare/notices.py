@@ -21,7 +21,7 @@ from aftercare.channels import Outgoing
 from aftercare.config import Settings
 from aftercare.dispatch import retry_delay
 from aftercare.errors import SendError, UserError
-from aftercare.history import record
+from aftercare.history import actor_of, record
 from aftercare.models import (
     Notice,
     NoticeKind,
@@ -96,8 +96,7 @@ def escalate(db: DbSession, settings: Settings, now: datetime) -> int:
     return escalated
 
 
-def queue_staff_reply(db: DbSession, patient: Patient, text: str, now: datetime,
-                      staff: str = "cli") -> Notice:
+def queue_staff_reply(db: DbSession, patient: Patient, text: str, now: datetime) -> Notice:
     """Queue staff's own SMS to a patient (kept in the conversation); sent at once."""
     body = text.strip()
     if not body:
@@ -109,8 +108,8 @@ def queue_staff_reply(db: DbSession, patient: Patient, text: str, now: datetime,
         raise UserError("patient", f"patient {patient.id} cannot get SMS: {why}")
     notice = _queue(db, NoticeKind.STAFF_REPLY, "sms", patient.phone, now, body=body,
                     patient=patient)
-    notice.staff = staff[:100]
-    record(db, now, "reply.sent", patient.id or 0, f"staff reply by {staff}")
+    notice.staff = actor_of(db)[:100]
+    record(db, now, "reply.sent", patient.id or 0, "staff reply")
     return notice
 
 

@@ -171,17 +171,16 @@ def inbox(db: DbSession, *, everything: bool = False) -> list[Reply]:
     return sorted(rows, key=lambda r: rank.get(r.triage or "", 2))
 
 
-def acknowledge(db: DbSession, reply: Reply, now: datetime, by: str = "cli") -> None:
+def acknowledge(db: DbSession, reply: Reply, now: datetime) -> None:
     """Someone has the reply in hand (stops escalation)."""
     if reply.status == ReplyStatus.OPEN:
         reply.status, reply.acknowledged_at = ReplyStatus.ACKNOWLEDGED, now
         db.add(reply)
         if reply.patient_id is not None:
-            record(db, now, "reply.acknowledged", reply.patient_id, f"reply {reply.id} by {by}")
+            record(db, now, "reply.acknowledged", reply.patient_id, f"reply {reply.id}")
 
 
-def retriage(db: DbSession, settings: Settings, reply: Reply, level: str, now: datetime,
-             by: str = "cli") -> None:
+def retriage(db: DbSession, settings: Settings, reply: Reply, level: str, now: datetime) -> None:
     """Staff's own judgement of a reply's triage level replaces the matcher's; made urgent,
     it alerts the on-call contact at once, as an urgent reply would have."""
     if level not in {t.value for t in TriageLevel}:
@@ -192,7 +191,7 @@ def retriage(db: DbSession, settings: Settings, reply: Reply, level: str, now: d
     if reply.triage != level:
         if reply.patient_id is not None:
             record(db, now, "reply.retriaged", reply.patient_id,
-                   f"reply {reply.id}: {reply.triage} -> {level} by {by}")
+                   f"reply {reply.id}: {reply.triage} -> {level}")
         reply.triage = level
         db.add(reply)
         if level == TriageLevel.URGENT and reply.status == ReplyStatus.OPEN:
@@ -200,8 +199,7 @@ def retriage(db: DbSession, settings: Settings, reply: Reply, level: str, now: d
             alert_on_call(db, settings, reply, patient, now)
 
 
-def close(db: DbSession, reply: Reply, now: datetime, note: str | None = None,
-          by: str = "cli") -> None:
+def close(db: DbSession, reply: Reply, now: datetime, note: str | None = None) -> None:
     """The reply needs nothing more."""
     if note is not None and len(note) > 500:
         raise UserError("note", "is longer than 500 characters")
@@ -211,7 +209,7 @@ def close(db: DbSession, reply: Reply, now: datetime, note: str | None = None,
         reply.note = note
         db.add(reply)
         if reply.patient_id is not None:
-            record(db, now, "reply.closed", reply.patient_id, f"reply {reply.id} by {by}")
+            record(db, now, "reply.closed", reply.patient_id, f"reply {reply.id}")
 
 
 def settle(app: App, reply_id: int, *, queue: bool) -> tuple[bool, str | None]:

@@ -53,8 +53,8 @@ class Clinic:
     config: Path
     db_path: Path
 
-    def run(self, *args: str) -> Result:
-        return CliRunner().invoke(cli, ["--config", str(self.config), *args], obj={})
+    def run(self, *args: str, input: str | None = None) -> Result:
+        return CliRunner().invoke(cli, ["--config", str(self.config), *args], obj={}, input=input)
 
     def json(self, *args: str) -> Any:
         result = self.run(*args, "--json")

@@ -55,6 +55,7 @@ RELEASED = {
         "d91c09aa3e22b433c172833887a6b157b38323d342f104330bc552b2042d1156",
     "0005_notices_checkins_polling.py":
         "94d7cfb1ff84e69ba9a4752508f1d25d08394b1c132d1cec399771f7b15a3302",
+    "0006_staff_console.py": "de12fd8b0b51f984af967f1624b6e8bbdae657626c0650d0766a46690a76877c",
 }
 
 

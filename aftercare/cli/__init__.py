@@ -25,6 +25,7 @@ from aftercare.cli import (
     sessions,
     setup,
     timeline,
+    users,
 )
 from aftercare.cli.context import EXIT_USER_ERROR, CliState
 from aftercare.cli.logs import configure_logging
@@ -69,7 +70,7 @@ for _command in (setup.init, setup.check, patients.patient, enroll.enroll, sessi
                  courses.course_group, timeline.timeline_command, messages.messages,
                  messages.send_due, imports.import_command, protocols.protocols,
                  protocols.preview_command, daemon.run, serve.serve, inbox.inbox_group,
-                 inbox.reply_command,
+                 inbox.reply_command, users.user_group,
                  demo.demo):
     cli.add_command(_command)
 

@@ -19,6 +19,7 @@ from aftercare.clock import parse_time, zone
 from aftercare.errors import UserError
 
 EXIT_USER_ERROR = 2
+CLI_ACTOR = "cli"  # who the history says made a change from the command line
 
 # What a command shows on stdout: text, a JSON document (`--json`), or None when it printed as it went.
 JsonDocument: TypeAlias = Mapping[str, object] | Sequence[Mapping[str, object]]
@@ -76,7 +77,7 @@ class Work:
         # Opened on first use, not before the command starts: bad input is then reported
         # ahead of a missing database, and commands that need no database never check it.
         if self._db is None:
-            self._db = self._resources.enter_context(self.app.db())
+            self._db = self._resources.enter_context(self.app.db(actor=CLI_ACTOR))
         return self._db
 
 

@@ -7,7 +7,7 @@ import random
 import click
 
 from aftercare.cli import render, views
-from aftercare.cli.context import Shown, Work, json_option, with_app
+from aftercare.cli.context import CLI_ACTOR, Shown, Work, json_option, with_app
 from aftercare.notices import queue_staff_reply, send_one
 from aftercare.patients import find_patient
 from aftercare.queries import alerts_by_reply, patients_by_id
@@ -74,7 +74,7 @@ def reply_command(work: Work, patient_ident: str, text: str) -> Shown:
     """Send PATIENT an SMS from the clinic now (staff's own words, not a planned message)."""
     app = work.app
     # Two units of work: the notice is committed before it is sent, so it is never lost.
-    with app.db() as db:
+    with app.db(actor=CLI_ACTOR) as db:
         notice = queue_staff_reply(db, find_patient(db, patient_ident), text, app.clock())
         notice_id = notice.id
     outcome = send_one(app, notice_id, random.Random())

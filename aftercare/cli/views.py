@@ -7,13 +7,14 @@ These are pure functions of loaded rows: the commands run the queries.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import TypedDict
 
 from aftercare.clock import iso
 from aftercare.csv_import import ImportReport
 from aftercare.dispatch import DispatchCounts
 from aftercare.enrollment import Enrollment
-from aftercare.models import Course, Message, Notice, Patient, Reply, Session
+from aftercare.models import Course, Message, Notice, Patient, Reply, Session, StaffUser
 from aftercare.protocols import CHANNELS, Protocol, describe_timing
 from aftercare.timeline import Entry
 
@@ -290,3 +291,20 @@ def import_report_json(report: ImportReport) -> ImportReportJson:
             "messages_planned": report.messages_planned,
             "problems": [{"line": p.line, "field": p.field, "problem": p.problem}
                          for p in report.problems]}
+
+
+class UserJson(TypedDict):
+    email: str
+    name: str
+    role: str
+    disabled: bool
+    locked: bool
+    last_login_at: str | None
+
+
+def user_json(user: StaffUser, now: datetime) -> UserJson:
+    """A staff account as `user list --json` prints it (never its password hash)."""
+    return {"email": user.email, "name": user.name, "role": user.role,
+            "disabled": user.disabled_at is not None,
+            "locked": user.locked_until is not None and user.locked_until > now,
+            "last_login_at": iso(user.last_login_at)}

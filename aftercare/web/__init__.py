@@ -1,4 +1,4 @@
-"""The HTTP side of `aftercare serve`: Twilio's webhooks now, the staff console next."""
+"""The HTTP side of `aftercare serve`: Twilio's webhooks, unsubscribe links, the staff console."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from aftercare.app import App
 from aftercare.daemon import Sender
-from aftercare.web import twilio, unsubscribe
+from aftercare.web import console, twilio, unsubscribe
+from aftercare.web.console.base import SecurityHeaders
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ def create_app(app: App, *, send: bool = False) -> Starlette:
         Route("/twilio/status", twilio.status, methods=["POST"]),
         Route("/unsubscribe/{token}", unsubscribe.form, methods=["GET"]),
         Route("/unsubscribe/{token}", unsubscribe.confirm, methods=["POST"]),
-    ], lifespan=lifespan)
+        *console.routes(),
+    ], middleware=[Middleware(SecurityHeaders)], lifespan=lifespan)
     web.state.aftercare = app
     return web

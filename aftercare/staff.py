@@ -1,0 +1,179 @@
+"""Staff accounts for the console: Argon2id passwords, roles, lockout after failed logins."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlmodel import Session as DbSession
+from sqlmodel import col, select
+from zxcvbn import zxcvbn
+
+from aftercare.errors import UserError
+from aftercare.models import StaffRole, StaffSession, StaffUser
+from aftercare.patients import normalize_email
+
+log = logging.getLogger(__name__)
+
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 256
+LOCK_AFTER_FAILURES = 5
+LOCK_FOR = timedelta(minutes=15)
+ROLES = tuple(r.value for r in StaffRole)
+# Each role can do everything the roles before it can.
+_RANK = {role: rank for rank, role in enumerate(ROLES)}
+
+# Argon2id with argon2-cffi's defaults (RFC 9106's second recommended setting).
+_hasher = PasswordHasher()
+# Verifying against this when the email is unknown costs as much as a real check, so the
+# time taken does not tell which emails have accounts.
+_DUMMY_HASH = _hasher.hash("not a password of anyone's")
+
+
+def can(role: str, needed: str) -> bool:
+    """Whether `role` includes what `needed` may do (admin > clinician > frontdesk)."""
+    return _RANK.get(role, -1) >= _RANK[needed]
+
+
+def check_password(password: str, *, email: str = "", name: str = "") -> None:
+    """A UserError unless the password is long enough and not a common or guessable one."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError("password", f"is too short; use at least {MIN_PASSWORD_LENGTH} characters "
+                        "(a few unrelated words work well)")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise UserError("password", f"is longer than {MAX_PASSWORD_LENGTH} characters")
+    # zxcvbn knows the 30,000 most common passwords and their simple variants.
+    verdict = zxcvbn(password, user_inputs=[part for part in (email, name) if part])
+    if verdict["score"] < 2:
+        raise UserError("password", "is too common or easy to guess; use a few unrelated words")
+
+
+def _role(text: str) -> str:
+    if text not in ROLES:
+        raise UserError("role", f"'{text}' is not a role; use {', '.join(ROLES)}")
+    return text
+
+
+def find_user(db: DbSession, email: str) -> StaffUser:
+    """The account with this email, or a UserError."""
+    user = db.exec(select(StaffUser).where(StaffUser.email == email.strip().lower())).first()
+    if user is None:
+        raise UserError("email", f"no staff account '{email}'; see `aftercare user list`")
+    return user
+
+
+def add_user(db: DbSession, email: str, name: str, role: str, password: str,
+             now: datetime) -> StaffUser:
+    """A new staff account; its password is checked, then kept only as a hash."""
+    address = normalize_email(email).lower()
+    name = " ".join(name.split())
+    if not name:
+        raise UserError("name", "must not be empty")
+    if len(name) > 200:
+        raise UserError("name", "is longer than 200 characters")
+    _role(role)
+    if db.exec(select(StaffUser.id).where(StaffUser.email == address)).first() is not None:
+        raise UserError("email", f"'{address}' already has an account; "
+                        "use `aftercare user password` to change its password")
+    check_password(password, email=address, name=name)
+    user = StaffUser(email=address, name=name, role=role, password_hash=_hasher.hash(password),
+                     created_at=now)
+    db.add(user)
+    db.flush()
+    return user
+
+
+def list_users(db: DbSession) -> list[StaffUser]:
+    return list(db.exec(select(StaffUser).order_by(col(StaffUser.email))).all())
+
+
+def set_password(db: DbSession, user: StaffUser, password: str) -> None:
+    """A new password; it also lifts a lockout and signs the account out everywhere."""
+    check_password(password, email=user.email, name=user.name)
+    user.password_hash = _hasher.hash(password)
+    user.failed_logins, user.locked_until = 0, None
+    db.add(user)
+    _end_sessions(db, user)
+
+
+def set_role(db: DbSession, user: StaffUser, role: str) -> None:
+    user.role = _role(role)
+    db.add(user)
+
+
+def set_locale(db: DbSession, user: StaffUser, locale: str | None, locales: tuple[str, ...]) -> None:
+    """The console's language for this user (None: the clinic's)."""
+    if locale is not None and locale not in locales:
+        raise UserError("locale", f"'{locale}' is not available; use {', '.join(locales)}")
+    user.locale = locale
+    db.add(user)
+
+
+def disable_user(db: DbSession, user: StaffUser, now: datetime) -> None:
+    """The account can no longer sign in; its open sessions end at once."""
+    if user.disabled_at is None:
+        user.disabled_at = now
+        db.add(user)
+    _end_sessions(db, user)
+
+
+def enable_user(db: DbSession, user: StaffUser) -> None:
+    user.disabled_at, user.failed_logins, user.locked_until = None, 0, None
+    db.add(user)
+
+
+def _end_sessions(db: DbSession, user: StaffUser) -> None:
+    for session in db.exec(select(StaffSession).where(StaffSession.user_id == user.id)).all():
+        db.delete(session)
+
+
+class LoginRefused(Exception):
+    """Wrong email or password, a disabled account, or one locked after failures; the
+    message never says which of email or password was wrong."""
+
+
+def authenticate(db: DbSession, email: str, password: str, now: datetime) -> StaffUser:
+    """The account, if `password` is its password and it may sign in; else LoginRefused.
+
+    The fifth failure in a row locks the account for 15 minutes; the failures are logged
+    with the account's id, never the password.
+    """
+    user = db.exec(select(StaffUser).where(StaffUser.email == email.strip().lower())
+                   .with_for_update()).first()
+    if user is None:
+        _verify(_DUMMY_HASH, password)
+        log.warning("console login refused: unknown account")
+        raise LoginRefused("wrong email or password")
+    if user.locked_until is not None and user.locked_until > now:
+        log.warning("console login refused: account %s is locked", user.id)
+        raise LoginRefused("too many failed attempts: this account is locked for 15 minutes "
+                           "(an admin can lift it by setting a new password)")
+    if not _verify(user.password_hash, password):
+        user.failed_logins += 1
+        if user.failed_logins >= LOCK_AFTER_FAILURES:
+            user.locked_until, user.failed_logins = now + LOCK_FOR, 0
+            log.warning("console login refused: account %s locked after %d failures", user.id,
+                        LOCK_AFTER_FAILURES)
+        else:
+            log.warning("console login refused: wrong password for account %s (%d in a row)",
+                        user.id, user.failed_logins)
+        db.add(user)
+        raise LoginRefused("wrong email or password")
+    if user.disabled_at is not None:
+        log.warning("console login refused: account %s is disabled", user.id)
+        raise LoginRefused("this account is disabled; ask an admin")
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    user.failed_logins, user.locked_until, user.last_login_at = 0, None, now
+    db.add(user)
+    log.info("console login: account %s", user.id)
+    return user
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
