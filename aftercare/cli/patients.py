@@ -6,6 +6,7 @@ import click
 
 from aftercare.cli import render, views
 from aftercare.cli.context import Shown, Work, json_option, with_app
+from aftercare.history import events_of
 from aftercare.patients import (
     NewPatient,
     PatientChanges,
@@ -107,6 +108,17 @@ def _consent(work: Work, patient_ident: str, channel: str, *, opted_out: bool) -
     found = find_patient(work.db, patient_ident)
     plan = set_opt_out(work.db, work.app.planner(), found, channel, opted_out)
     return render.consent(found, channel, plan, opted_out=opted_out)
+
+
+@patient.command("history")
+@click.argument("patient_ident", metavar="PATIENT")
+@json_option("Print the events as JSON.")
+@with_app
+def patient_history(work: Work, patient_ident: str, as_json: bool) -> Shown:
+    """PATIENT's history: every change to their plan, when, why and by whom."""
+    found = find_patient(work.db, patient_ident)
+    events = [views.event_json(e) for e in events_of(work.db, found.id or 0)]
+    return events if as_json else render.history(events, work.app.settings.clinic.timezone)
 
 
 @patient.command("forget")

@@ -11,7 +11,7 @@ from datetime import datetime, tzinfo
 
 from aftercare.app import App
 from aftercare.bookings import Booking
-from aftercare.cli.views import DispatchCountsJson, PatientJson, ProtocolJson
+from aftercare.cli.views import DispatchCountsJson, EventJson, PatientJson, ProtocolJson
 from aftercare.clock import zone
 from aftercare.enrollment import Enrollment
 from aftercare.models import Course, Message, Patient, Reply, Session
@@ -245,3 +245,17 @@ def _checkin(session: Session) -> str:
     """A session's check-in answer and flag, for staff, or nothing."""
     parts = [part for part in (session.checkin, session.flag and f"FLAG: {session.flag}") if part]
     return f"  ({'; '.join(parts)})" if parts else ""
+
+
+def history(events: Sequence[EventJson], clinic_tz: str) -> str:
+    """`patient history`: one line per change, oldest first, with who made it."""
+    if not events:
+        return "No history yet."
+    tz = zone(clinic_tz)
+    lines = []
+    for event in events:
+        local = datetime.fromisoformat(event["at"] or "").astimezone(tz)
+        detail = f"  {event['detail']}" if event["detail"] else ""
+        lines.append(f"{local:%Y-%m-%d %H:%M} {local.tzname() or '':<5} {event['kind']:<22} "
+                     f"by {event['by'] or '-'}{detail}")
+    return "\n".join(lines)

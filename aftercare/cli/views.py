@@ -14,7 +14,7 @@ from aftercare.clock import iso
 from aftercare.csv_import import ImportReport
 from aftercare.dispatch import DispatchCounts
 from aftercare.enrollment import Enrollment
-from aftercare.models import Course, Message, Notice, Patient, Reply, Session, StaffUser
+from aftercare.models import Course, Event, Message, Notice, Patient, Reply, Session, StaffUser
 from aftercare.protocols import CHANNELS, Protocol, describe_timing
 from aftercare.timeline import Entry
 
@@ -308,3 +308,20 @@ def user_json(user: StaffUser, now: datetime) -> UserJson:
             "disabled": user.disabled_at is not None,
             "locked": user.locked_until is not None and user.locked_until > now,
             "last_login_at": iso(user.last_login_at)}
+
+
+class EventJson(TypedDict):
+    at: str | None
+    kind: str
+    detail: str
+    by: str | None
+    course_id: int | None
+    session_id: int | None
+    message_id: int | None
+
+
+def event_json(event: Event) -> EventJson:
+    """One history event; `by` is a staff member's email, "cli" or "aftercare"."""
+    return {"at": iso(event.at), "kind": event.kind, "detail": event.detail, "by": event.actor,
+            "course_id": event.course_id, "session_id": event.session_id,
+            "message_id": event.message_id}
