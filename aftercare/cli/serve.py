@@ -15,6 +15,7 @@ from aftercare.checks import require_setup
 from aftercare.cli.context import Shown, Work, with_app
 from aftercare.cli.logs import configure_logging
 from aftercare.errors import UserError
+from aftercare.staff import list_users
 
 if TYPE_CHECKING:
     import uvicorn
@@ -43,6 +44,13 @@ def serve(work: Work, host: str | None, port: int | None) -> Shown:
 
     configure_logging(work.state.verbose, daemon=True)
     settings = work.app.settings.web
+    with work.app.db() as db:  # not the command's unit of work: that would stay open while serving
+        accounts = len(list_users(db))
+    log.info("console at http://%s:%d/ (%d staff account(s))", host or settings.host,
+             port or settings.port, accounts)
+    if not accounts:
+        log.warning("no staff account can sign in to the console yet; add one with "
+                    "`aftercare user add EMAIL --name NAME --role admin`")
     config = uvicorn.Config(create_app(work.app, send=True), host=host or settings.host,
                             port=port or settings.port, log_config=None, access_log=False,
                             server_header=False, timeout_graceful_shutdown=30)
