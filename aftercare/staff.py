@@ -130,8 +130,12 @@ def _end_sessions(db: DbSession, user: StaffUser) -> None:
 
 
 class LoginRefused(Exception):
-    """Wrong email or password, a disabled account, or one locked after failures; the
-    message never says which of email or password was wrong."""
+    """Wrong email or password ("wrong": never which of the two), a disabled account
+    ("disabled"), or one locked after failures ("locked")."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def authenticate(db: DbSession, email: str, password: str, now: datetime) -> StaffUser:
@@ -145,11 +149,10 @@ def authenticate(db: DbSession, email: str, password: str, now: datetime) -> Sta
     if user is None:
         _verify(_DUMMY_HASH, password)
         log.warning("console login refused: unknown account")
-        raise LoginRefused("wrong email or password")
+        raise LoginRefused("wrong")
     if user.locked_until is not None and user.locked_until > now:
         log.warning("console login refused: account %s is locked", user.id)
-        raise LoginRefused("too many failed attempts: this account is locked for 15 minutes "
-                           "(an admin can lift it by setting a new password)")
+        raise LoginRefused("locked")
     if not _verify(user.password_hash, password):
         user.failed_logins += 1
         if user.failed_logins >= LOCK_AFTER_FAILURES:
@@ -160,10 +163,10 @@ def authenticate(db: DbSession, email: str, password: str, now: datetime) -> Sta
             log.warning("console login refused: wrong password for account %s (%d in a row)",
                         user.id, user.failed_logins)
         db.add(user)
-        raise LoginRefused("wrong email or password")
+        raise LoginRefused("wrong")
     if user.disabled_at is not None:
         log.warning("console login refused: account %s is disabled", user.id)
-        raise LoginRefused("this account is disabled; ask an admin")
+        raise LoginRefused("disabled")
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
     user.failed_logins, user.locked_until, user.last_login_at = 0, None, now

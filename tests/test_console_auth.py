@@ -51,7 +51,7 @@ def test_wrong_password_five_times_locks_the_account(console: Console,
         refused = console.client.post("/login", data={"csrf": token.group(1), "email": EMAILS["clinician"],
                                                       "password": "not the password at all"})
         assert refused.status_code == 401
-        assert "wrong email or password" in refused.text
+        assert "Wrong email or password." in refused.text
     # Even the right password is refused now, for 15 minutes.
     locked = console.client.post("/login", data={"csrf": token.group(1), "email": EMAILS["clinician"],
                                                  "password": PASSWORDS["clinician"]})

@@ -60,13 +60,19 @@ async def login(request: Request) -> Response:
             try:
                 user = authenticate(db, email, password, app.clock())
             except LoginRefused as refused:  # caught inside: the failure count is kept
-                return "", str(refused)
+                return "", refused.reason
             sessions.end_idle(db, app.clock(), idle_limit(app))
             return sessions.start(db, user, app.clock()), ""
 
     token, refusal = await run_in_threadpool(sign_in)
     if refusal:
-        return _login_page(app, request, email=email, status=401, error=_(refusal))
+        refusals = {
+            "wrong": _("Wrong email or password."),
+            "locked": _("Too many failed attempts: this account is locked for 15 minutes. "
+                        "An admin can lift the lock by setting a new password."),
+            "disabled": _("This account is disabled; ask an admin."),
+        }
+        return _login_page(app, request, email=email, status=401, error=refusals[refusal])
     response = RedirectResponse(target, status_code=303)
     set_cookie(response, app, COOKIE, token, max_age=None)
     response.delete_cookie(LOGIN_COOKIE, path="/")
