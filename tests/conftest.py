@@ -72,6 +72,18 @@ class Clinic:
         return App.from_config(self.config, clock=clock or system_clock, **kwargs)
 
 
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2id at its lowest cost in tests (production's costs half a second on a loaded CI
+    machine per hash); test_staff checks the production parameters."""
+    from argon2 import PasswordHasher
+
+    from aftercare import staff
+
+    monkeypatch.setattr(staff, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024,
+                                                         parallelism=1))
+
+
 @pytest.fixture
 def clinic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Clinic:
     """A clinic whose database is initialised; the working directory is a temp folder."""

@@ -144,3 +144,12 @@ def test_cli_user_commands(clinic: Clinic) -> None:
     assert clinic.json("user", "list")[0]["disabled"] is True
     unknown = clinic.run("user", "disable", "nobody@lumiere.example")
     assert unknown.exit_code == 2 and "no staff account" in unknown.stderr
+
+
+def test_production_hashes_are_argon2id_with_rfc9106_costs() -> None:
+    from argon2 import PasswordHasher
+
+    from aftercare.staff import _DUMMY_HASH
+
+    assert _DUMMY_HASH.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert PasswordHasher().hash("x").startswith("$argon2id$v=19$m=65536,t=3,p=4$")

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from aftercare.cli import views
-from aftercare.cli.context import EXIT_USER_ERROR, Shown, Work, json_option, with_app
+from aftercare.cli.context import CLI_ACTOR, EXIT_USER_ERROR, Shown, Work, json_option, with_app
 from aftercare.csv_import import import_csv
 
 
@@ -35,7 +35,8 @@ def import_command(work: Work, path: str, skip_invalid: bool, as_json: bool) -> 
                     click.progressbar(length=total, label="Importing", file=sys.stderr)).update
             advance(1)
 
-        report = import_csv(app, Path(path), skip_invalid=skip_invalid, on_row=on_row)
+        report = import_csv(app, Path(path), skip_invalid=skip_invalid, on_row=on_row,
+                            actor=CLI_ACTOR)
     for problem in report.problems:
         click.echo(f"{'skipped' if skip_invalid else 'error'}: {problem}", err=True)
     if report.problems and not skip_invalid:

@@ -18,12 +18,14 @@ from aftercare.web.console import (
     patient,
     patients,
     protocols,
+    setup,
     today,
     users,
 )
 from aftercare.web.console.i18n import HERE
 
-PAGES = (today, inbox, patients, patient, enroll, messages, protocols, imports, users, account)
+PAGES = (today, inbox, patients, patient, enroll, messages, protocols, imports, users, setup,
+         account)
 
 
 def routes() -> list[BaseRoute]:

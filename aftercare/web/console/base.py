@@ -41,6 +41,14 @@ COOKIE = "aftercare_session"
 LOGIN_COOKIE = "aftercare_login"  # double-submit CSRF token of the login form (no session yet)
 PAGE_SIZE = 50
 
+
+def N_(text: str) -> str:
+    """Marks a string for the catalogue; it is translated where it is shown."""
+    return text
+
+
+ROLE_NAMES = {"frontdesk": N_("front desk"), "clinician": N_("clinician"), "admin": N_("admin")}
+
 # No inline script or style, nothing from elsewhere, no framing, no referrer leaving a
 # patient page; every page is private to the browser that asked for it.
 SECURITY_HEADERS = {
@@ -157,7 +165,8 @@ class Page:
         html = env.get_template(template).render(
             page=self, user=self.user, csrf=self.csrf, flash=self.flash, errors=self.errors,
             when=i18n.when(self.lang, self.tz), day=i18n.day(self.lang, self.tz),
-            can=self.may, url_with=self.url_with, **values)
+            can=self.may, url_with=self.url_with,
+            role_name=self._(ROLE_NAMES.get(self.user.role, self.user.role)), **values)
         return HTMLResponse(html, status_code=status)
 
     def url_with(self, **changes: object) -> str:
@@ -189,20 +198,36 @@ def idle_limit(app: App) -> timedelta:
     return timedelta(minutes=app.settings.web.session_minutes)
 
 
-def page(role: str = "frontdesk", *, upload_limit: int | None = None) -> Callable[[Handler], Endpoint]:
-    """Make `handler` a console endpoint that needs a signed-in `role` (or a higher one)."""
+def page(role: str = "frontdesk", *, upload: bool = False) -> Callable[[Handler], Endpoint]:
+    """Make `handler` a console endpoint that needs a signed-in `role` (or a higher one);
+    with `upload`, its form may carry a file up to `web.max_upload_bytes`."""
 
     def wrap(handler: Handler) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             app: App = request.app.state.aftercare
-            form = None
+            # Who is asking, and may they, before a byte of the body is read.
+            current = await run_in_threadpool(_sign_in, request, app)
+            if isinstance(current, Response):
+                return current
+            if not current.may(role):
+                _forbidden(current)
+                return forbidden_page(current)
             if request.method == "POST":
-                form = await read_form(request, upload_limit or app.settings.web.max_body_bytes)
+                web = app.settings.web
+                limit = web.max_upload_bytes if upload else web.max_body_bytes
+                try:
+                    current.form = await read_form(request, limit)
+                except HTTPException as exc:
+                    if exc.status_code != 413:
+                        raise
+                    return error_page(current, 413, current._(
+                        "The form or file is larger than the console accepts; nothing was "
+                        "changed.") + f" ({limit // 1024} KB)")
             try:
-                return await run_in_threadpool(_handle, request, app, handler, role, form)
+                return await run_in_threadpool(_handle, current, handler)
             finally:
-                if form is not None:
-                    await form.close()
+                if current.form is not None:
+                    await current.form.close()
 
         endpoint.__name__ = handler.__name__
         endpoint.__doc__ = handler.__doc__
@@ -222,8 +247,8 @@ async def read_form(request: Request, limit: int) -> FormData:
         raise HTTPException(400, "the form could not be read") from exc
 
 
-def _handle(request: Request, app: App, handler: Handler, role: str,
-            form: FormData | None) -> Response:
+def _sign_in(request: Request, app: App) -> Page | Response:
+    """The signed-in staff member's Page, or the redirect to the login page."""
     with app.db() as db:
         signed_in = sessions.resume(db, request.cookies.get(COOKIE, ""), app.clock(),
                                     idle_limit(app))
@@ -235,29 +260,40 @@ def _handle(request: Request, app: App, handler: Handler, role: str,
         return RedirectResponse("/login", status_code=303)
     session = signed_in.session
     assert session.id is not None
-    current = Page(request=request, app=app, user=signed_in.user, session_id=session.id,
-                   csrf=session.csrf, flash=signed_in.flash, form=form)
+    return Page(request=request, app=app, user=signed_in.user, session_id=session.id,
+                csrf=session.csrf, flash=signed_in.flash)
+
+
+def _handle(current: Page, handler: Handler) -> Response:
+    request, form = current.request, current.form
     try:
         if form is not None and not hmac.compare_digest(
-                str(form.get("csrf", "")).encode(), session.csrf.encode()):
+                str(form.get("csrf", "")).encode(), current.csrf.encode()):
             log.warning("console: %s %s refused, bad CSRF token (account %s)", request.method,
-                        request.url.path, signed_in.user.id)
+                        request.url.path, current.user.id)
             return error_page(current, 403, current._(
                 "This form is out of date or came from another site; nothing was changed. "
                 "Go back, reload the page and try again."))
-        current.require(role)
         return handler(current)
     except Forbidden:
-        log.warning("console: %s %s forbidden for account %s (%s)", request.method,
-                    request.url.path, signed_in.user.id, signed_in.user.role)
-        return error_page(current, 403, current._(
-            "Your role does not allow this; nothing was changed. Ask a clinician or an admin."))
+        _forbidden(current)
+        return forbidden_page(current)
     except UserError as exc:
         return error_page(current, 400, str(exc))
     except HTTPException as exc:
         if exc.status_code == 404:
             return error_page(current, 404, current._("Not found: ") + str(exc.detail))
         raise
+
+
+def _forbidden(current: Page) -> None:
+    log.warning("console: %s %s forbidden for account %s (%s)", current.request.method,
+                current.request.url.path, current.user.id, current.user.role)
+
+
+def forbidden_page(current: Page) -> HTMLResponse:
+    return error_page(current, 403, current._(
+        "Your role does not allow this; nothing was changed. Ask a clinician or an admin."))
 
 
 def error_page(current: Page, status: int, text: str) -> HTMLResponse:
