@@ -86,31 +86,46 @@ class ImportReport:
 
 
 def import_csv(app: App, path: Path, *, skip_invalid: bool = False,
-               on_row: OnRow | None = None) -> ImportReport:
+               on_row: OnRow | None = None, actor: str | None = None) -> ImportReport:
     """Enroll every completed session listed in the CSV file at `path`.
 
     A problem with the file itself (missing, unreadable, not UTF-8, empty, a column missing
     from the header) raises UserError("file", ...). Problems with rows are returned in the
     report: without `skip_invalid` nothing is then written; with it the good rows are
-    imported. `on_row(done, total)` is called after each row is applied.
+    imported. `on_row(done, total)` is called after each row is applied. `actor` is who the
+    history records (as in `App.db`).
     """
-    text = _read(path)
+    return import_data(app, _read(path), str(path), skip_invalid=skip_invalid, on_row=on_row,
+                       actor=actor)
+
+
+def import_data(app: App, data: bytes, name: str, *, skip_invalid: bool = False,
+                dry_run: bool = False, on_row: OnRow | None = None,
+                actor: str | None = None) -> ImportReport:
+    """`import_csv` on the bytes of a file called `name` (an upload, say).
+
+    With `dry_run` every good row is applied in a transaction that is then rolled back:
+    nothing is written, and the report says what importing the good rows would do,
+    problems only the database can tell included.
+    """
+    text = _decode(data, name)
     checker = _Checker(app)
     report = ImportReport()
     good: list[_Row] = []
-    for line, cells in _records(text, path):
+    for line, cells in _records(text, name):
         report.rows += 1
         row, problems = checker.row(line, cells)
         report.problems.extend(problems)
         if row is not None:
             good.append(row)
     good = [row for row in good if not _conflicts(row, checker, report.problems)]
-    if report.problems and not skip_invalid:
+    if report.problems and not (skip_invalid or dry_run):
         return report
     require_schema(app.engine)
     # Session 1 of a patient is completed before session 2, whatever the file's order.
     good.sort(key=lambda row: row.visit.session_at)
-    _apply(app, good, report, skip_invalid=skip_invalid, on_row=on_row)
+    _apply(app, good, report, skip_invalid=skip_invalid, dry_run=dry_run, on_row=on_row,
+           actor=actor)
     report.problems.sort(key=lambda p: p.line)
     return report
 
@@ -118,7 +133,7 @@ def import_csv(app: App, path: Path, *, skip_invalid: bool = False,
 # --- reading the file -------------------------------------------------------------------
 
 
-def _read(path: Path) -> str:
+def _read(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -132,6 +147,10 @@ def _read(path: Path) -> str:
     except OSError as exc:
         raise UserError("file", f"{path} cannot be read ({exc.strerror}); check the "
                         "path") from None
+    return data
+
+
+def _decode(data: bytes, path: str) -> str:
     try:
         text = data.decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a BOM
     except UnicodeDecodeError as exc:
@@ -144,7 +163,7 @@ def _read(path: Path) -> str:
     return text
 
 
-def _records(text: str, path: Path) -> Iterable[tuple[int, dict[str, str]]]:
+def _records(text: str, path: str) -> Iterable[tuple[int, dict[str, str]]]:
     """(line number where the row starts, cells by column) for every non-blank data row."""
     # strict: a quote left open swallows the rest of the file into one cell; say so instead.
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
@@ -172,7 +191,7 @@ def _records(text: str, path: Path) -> Iterable[tuple[int, dict[str, str]]]:
                         f"CSV ({exc}); check its double quotes") from None
 
 
-def _header(cells: list[str], path: Path) -> dict[str, int]:
+def _header(cells: list[str], path: str) -> dict[str, int]:
     names = [cell.lower() for cell in cells]
     for name in COLUMNS:
         if names.count(name) > 1:
@@ -376,11 +395,12 @@ class _Outcome:
 
 
 def _apply(app: App, rows: list[_Row], report: ImportReport, *, skip_invalid: bool,
-           on_row: OnRow | None) -> None:
+           dry_run: bool, on_row: OnRow | None, actor: str | None) -> None:
     """Apply every row, each in its own savepoint; all in one transaction unless skipping.
 
     Without `skip_invalid` a row that fails here (the database disagrees) rolls the whole
     file back; with it, that row alone is rolled back and the others are committed one by one.
+    A `dry_run` keeps the failing rows out, as skipping does, then rolls everything back.
     """
     planner = app.planner()
     locales = app.renderer.locales()
@@ -390,11 +410,11 @@ def _apply(app: App, rows: list[_Row], report: ImportReport, *, skip_invalid: bo
     updated: set[int] = set()
     done = 0
     with app.engine.connect() as conn:
-        whole = None if skip_invalid else conn.begin()
+        whole = None if skip_invalid and not dry_run else conn.begin()
         for row in rows:
-            transaction = conn.begin() if skip_invalid else conn.begin_nested()
+            transaction = conn.begin() if whole is None else conn.begin_nested()
             try:
-                outcome = _apply_row(conn, app, planner, locales, row, said)
+                outcome = _apply_row(conn, app, planner, locales, row, said, actor)
             except UserError as error:
                 transaction.rollback()
                 report.problems.append(_problem(row.line, error, "ref" if row.ref else "name"))
@@ -413,7 +433,10 @@ def _apply(app: App, rows: list[_Row], report: ImportReport, *, skip_invalid: bo
             done += 1
             if on_row is not None:
                 on_row(done, len(rows))
-        if whole is not None:
+        if dry_run:
+            assert whole is not None
+            whole.rollback()
+        elif whole is not None:
             if report.problems:
                 whole.rollback()
                 report.imported = report.unchanged = report.messages_planned = 0
@@ -424,10 +447,12 @@ def _apply(app: App, rows: list[_Row], report: ImportReport, *, skip_invalid: bo
 
 
 def _apply_row(conn: Connection, app: App, planner: Planner, locales: tuple[str, ...],
-               row: _Row, said: dict[int, dict[str, tuple[Any, int]]]) -> _Outcome:
-    # A session of its own per row: a row rolled back leaves nothing stale behind.
+               row: _Row, said: dict[int, dict[str, tuple[Any, int]]],
+               actor: str | None) -> _Outcome:
+    # A session of its own per row: a row rolled back leaves nothing stale behind. Its
+    # `info` names who the history records, as `App.db` does.
     with DbSession(bind=conn, join_transaction_mode="create_savepoint",
-                   expire_on_commit=False) as db:
+                   expire_on_commit=False, info={"actor": actor} if actor else None) as db:
         changed = _watch(db)
         patient = _match(db, row)
         if patient is None:

@@ -31,3 +31,12 @@ def events_of(db: DbSession, patient_id: int) -> list[Event]:
     """The patient's history, oldest first."""
     return list(db.exec(select(Event).where(Event.patient_id == patient_id)
                         .order_by(col(Event.at), col(Event.id))).all())
+
+
+def events_page(db: DbSession, patient_id: int, page_number: int,
+                size: int) -> tuple[list[Event], bool]:
+    """One page of the patient's history, newest first, and whether older events follow."""
+    rows = list(db.exec(select(Event).where(Event.patient_id == patient_id)
+                        .order_by(col(Event.at).desc(), col(Event.id).desc())
+                        .offset((max(page_number, 1) - 1) * size).limit(size + 1)).all())
+    return rows[:size], len(rows) > size

@@ -180,3 +180,38 @@ def _verify(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+def change_own_password(db: DbSession, user: StaffUser, current: str, new: str, *,
+                        keep_session: int | None) -> None:
+    """A staff member's new password, given their current one; their other browsers are
+    signed out, the one at `keep_session` stays signed in."""
+    if not _verify(user.password_hash, current):
+        raise UserError("current_password", "is not your current password")
+    check_password(new, email=user.email, name=user.name)
+    user.password_hash = _hasher.hash(new)
+    user.failed_logins, user.locked_until = 0, None
+    db.add(user)
+    for session in db.exec(select(StaffSession).where(StaffSession.user_id == user.id)).all():
+        if session.id != keep_session:
+            db.delete(session)
+
+
+def active_admins(db: DbSession) -> int:
+    """How many admin accounts can sign in (not disabled)."""
+    return len(db.exec(select(StaffUser.id).where(StaffUser.role == StaffRole.ADMIN,
+                                                  col(StaffUser.disabled_at).is_(None))).all())
+
+
+def check_admin_change(db: DbSession, acting: StaffUser, user: StaffUser, *,
+                       role: str | None = None, disable: bool = False) -> None:
+    """Refuse what would lock the clinic out of user management: an admin disabling
+    themselves, or the last admin who can sign in losing the role or being disabled."""
+    if disable and acting.id == user.id:
+        raise UserError("status", "you cannot disable your own account; ask another admin")
+    loses_admin = disable or (role is not None and role != StaffRole.ADMIN)
+    if (loses_admin and user.role == StaffRole.ADMIN and user.disabled_at is None
+            and active_admins(db) <= 1):
+        raise UserError("role" if role is not None else "status",
+                        "this is the last admin who can sign in; make another account admin "
+                        "first")

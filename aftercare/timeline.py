@@ -9,9 +9,9 @@ from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
 from aftercare.errors import UserError
-from aftercare.models import ACCEPTED, Course, Message, Patient
+from aftercare.models import ACCEPTED, Course, Message, Patient, Session
 from aftercare.protocols import ProtocolBook
-from aftercare.queries import courses_of, sessions_of
+from aftercare.queries import courses_of
 
 
 def step_label(message: Message, treatment: str, protocols: ProtocolBook) -> str:
@@ -44,15 +44,33 @@ class Entry:
         return "; ".join(f"{channel}: {why}" for channel, why in self.notes.items())
 
 
-def timeline(db: DbSession, patient: Patient,
-             protocols: ProtocolBook) -> tuple[list[Course], list[Entry]]:
-    """The patient's courses and every session and message, in time order."""
-    courses = courses_of(db, patient.id)
-    treatments = {c.id: c.treatment for c in courses}
+@dataclass
+class CourseSessions:
+    """A course and its sessions in time order."""
+
+    course: Course
+    sessions: list[Session] = field(default_factory=list)
+
+
+def courses_with_sessions(db: DbSession, patient_id: int | None) -> list[CourseSessions]:
+    """The patient's courses, oldest first, each with its sessions in time order (two
+    queries, however many courses)."""
+    found = {c.id: CourseSessions(c) for c in courses_of(db, patient_id)}
+    if found:
+        for s in db.exec(select(Session).where(col(Session.course_id).in_(list(found)))
+                         .order_by(col(Session.at), col(Session.id))).all():
+            found[s.course_id].sessions.append(s)
+    return list(found.values())
+
+
+def entries_of(db: DbSession, patient: Patient, courses: list[CourseSessions],
+               protocols: ProtocolBook) -> list[Entry]:
+    """Every session of `courses` and every message of the patient, in time order."""
+    treatments = {c.course.id: c.course.treatment for c in courses}
     entries = [Entry(s.at, "session", s.course_id, s.id or 0, f"session {s.number}",
                      status=s.status, notes={key: value for key, value in (
                          ("checkin", s.checkin), ("flag", s.flag)) if value})
-               for course in courses for s in sessions_of(db, course)]
+               for c in courses for s in c.sessions]
     grouped: dict[tuple[int, str, int, datetime], Entry] = {}
     for m in db.exec(select(Message).where(Message.patient_id == patient.id)
                      .order_by(col(Message.id))).all():
@@ -65,4 +83,11 @@ def timeline(db: DbSession, patient: Patient,
             entry.notes[m.channel] = m.last_error
     entries += grouped.values()
     entries.sort(key=lambda e: (e.at, e.kind != "session", e.label))
-    return courses, entries
+    return entries
+
+
+def timeline(db: DbSession, patient: Patient,
+             protocols: ProtocolBook) -> tuple[list[Course], list[Entry]]:
+    """The patient's courses and every session and message, in time order."""
+    courses = courses_with_sessions(db, patient.id)
+    return [c.course for c in courses], entries_of(db, patient, courses, protocols)

@@ -1,7 +1,74 @@
-"""Console page: account (being built)."""
+"""Account: the signed-in staff member's console language and password."""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
-routes: list[BaseRoute] = []
+from aftercare.errors import UserError
+from aftercare.models import StaffUser
+from aftercare.staff import change_own_password, set_locale
+from aftercare.web.console import i18n
+from aftercare.web.console.base import Page, page
+from aftercare.web.console.i18n import LANGUAGES
+
+LANGUAGE_NAMES = {"en": "English", "fr": "Français"}  # each in its own language
+
+
+def _show(current: Page, status: int = 200) -> Response:
+    clinic_lang = current.app.settings.messaging.default_locale
+    return current.render("account.html", status=status, nav="account",
+                          languages=[(lang, LANGUAGE_NAMES.get(lang, lang)) for lang in LANGUAGES],
+                          clinic_language=LANGUAGE_NAMES.get(clinic_lang, clinic_lang))
+
+
+@page()
+def account_page(current: Page) -> Response:
+    """The staff member's own settings."""
+    return _show(current)
+
+
+@page()
+def account_language(current: Page) -> Response:
+    """The console's language for this staff member ("" is the clinic's)."""
+    try:
+        with current.db() as db:
+            user = db.get(StaffUser, current.user.id)
+            assert user is not None
+            set_locale(db, user, current.optional("locale"), LANGUAGES)
+    except UserError as error:
+        current.refuse(error)
+        return _show(current, status=400)
+    # The notice is in the language just chosen, as the next page will be.
+    chosen = i18n.language_of(current.optional("locale")
+                              or current.app.settings.messaging.default_locale)
+    return current.redirect("/account", i18n.Translator(chosen).gettext("Language saved."))
+
+
+@page()
+def account_password(current: Page) -> Response:
+    """A new password, given the current one; other browsers are signed out."""
+    try:
+        with current.db() as db:
+            user = db.get(StaffUser, current.user.id)
+            assert user is not None
+            change_own_password(db, user, _raw(current, "current_password"),
+                                _raw(current, "password"), keep_session=current.session_id)
+    except UserError as error:
+        current.refuse(error)
+        return _show(current, status=400)
+    return current.redirect("/account", current._(
+        "Password changed; your other browsers are signed out."))
+
+
+def _raw(current: Page, name: str) -> str:
+    """A password as typed (spaces are part of it: never stripped)."""
+    value = current.form.get(name) if current.form is not None else None
+    return value if isinstance(value, str) else ""
+
+
+routes: list[BaseRoute] = [
+    Route("/account", account_page, methods=["GET"]),
+    Route("/account/language", account_language, methods=["POST"]),
+    Route("/account/password", account_password, methods=["POST"]),
+]
