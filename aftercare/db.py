@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,7 @@ def current_revision(engine: Engine) -> str | None:
         raise UserError("database", f"cannot open {engine.url}: {exc.orig}") from None
 
 
+@cache  # the migration files are part of the release: read once per process
 def head_revision() -> str:
     """The newest schema revision this release ships."""
     head = ScriptDirectory.from_config(_alembic_config_for_scripts()).get_current_head()

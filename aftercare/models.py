@@ -127,7 +127,9 @@ class Course(SQLModel, table=True):
 class Session(SQLModel, table=True):
     """One visit. Named for the domain; SQLModel's own Session is imported as DbSession."""
 
-    __table_args__ = (UniqueConstraint("course_id", "at", name="uq_session_course_at"),)
+    __table_args__ = (UniqueConstraint("course_id", "at", name="uq_session_course_at"),
+                      # The console's "today's sessions".
+                      Index("ix_session_at", "at"))
 
     id: int | None = Field(default=None, primary_key=True)
     course_id: int = Field(foreign_key="course.id", index=True)
@@ -160,6 +162,8 @@ class Message(SQLModel, table=True):
         Index("ix_message_provider_id", "provider_id"),
         # The console's "sent today".
         Index("ix_message_sent_at", "sent_at"),
+        # The console's messages "soonest due first" across every status.
+        Index("ix_message_send_after", "send_after"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -99,7 +99,9 @@ def set_password(db: DbSession, user: StaffUser, password: str) -> None:
 
 
 def set_role(db: DbSession, user: StaffUser, role: str) -> None:
-    user.role = _role(role)
+    if _role(role) != StaffRole.ADMIN:
+        _keep_an_admin(db, user, "role")
+    user.role = role
     db.add(user)
 
 
@@ -114,6 +116,7 @@ def set_locale(db: DbSession, user: StaffUser, locale: str | None, locales: tupl
 def disable_user(db: DbSession, user: StaffUser, now: datetime) -> None:
     """The account can no longer sign in; its open sessions end at once."""
     if user.disabled_at is None:
+        _keep_an_admin(db, user, "status")
         user.disabled_at = now
         db.add(user)
     _end_sessions(db, user)
@@ -205,13 +208,14 @@ def active_admins(db: DbSession) -> int:
 
 def check_admin_change(db: DbSession, acting: StaffUser, user: StaffUser, *,
                        role: str | None = None, disable: bool = False) -> None:
-    """Refuse what would lock the clinic out of user management: an admin disabling
-    themselves, or the last admin who can sign in losing the role or being disabled."""
+    """Refuse an admin disabling their own account from the console (the last-admin rule
+    is kept by `set_role` and `disable_user` themselves, for the CLI too)."""
     if disable and acting.id == user.id:
         raise UserError("status", "you cannot disable your own account; ask another admin")
-    loses_admin = disable or (role is not None and role != StaffRole.ADMIN)
-    if (loses_admin and user.role == StaffRole.ADMIN and user.disabled_at is None
-            and active_admins(db) <= 1):
-        raise UserError("role" if role is not None else "status",
-                        "this is the last admin who can sign in; make another account admin "
-                        "first")
+
+
+def _keep_an_admin(db: DbSession, user: StaffUser, field: str) -> None:
+    """Refuse what would leave no admin who can sign in (nobody could manage users)."""
+    if user.role == StaffRole.ADMIN and user.disabled_at is None and active_admins(db) <= 1:
+        raise UserError(field, "this is the last admin who can sign in; make another account "
+                        "admin first")

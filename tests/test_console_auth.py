@@ -153,3 +153,15 @@ def test_production_hashes_are_argon2id_with_rfc9106_costs() -> None:
 
     assert _DUMMY_HASH.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
     assert PasswordHasher().hash("x").startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+
+
+def test_the_cli_keeps_an_admin_who_can_sign_in(clinic: Clinic) -> None:
+    assert clinic.run("user", "add", "ada@lumiere.example", "--name", "Ada", "--role", "admin",
+                      "--password-stdin", input="quiet orbit pebble 19\n").exit_code == 0
+    for args in (("disable", "ada@lumiere.example"), ("role", "ada@lumiere.example", "clinician")):
+        refused = clinic.run("user", *args)
+        assert refused.exit_code == 2 and "last admin who can sign in" in refused.stderr
+    assert clinic.rows("SELECT role, disabled_at FROM staffuser") == [("admin", None)]
+    assert clinic.run("user", "add", "bo@lumiere.example", "--name", "Bo", "--role", "admin",
+                      "--password-stdin", input="copper meadow tangent 3\n").exit_code == 0
+    assert clinic.run("user", "disable", "ada@lumiere.example").exit_code == 0
