@@ -1,6 +1,6 @@
 """Inbox: every reply waiting for the clinic, urgent first; acknowledge, answer by SMS, close,
 re-triage. Urgent and review replies are a clinician's to act on; routine ones the front
-desk's too. A reply from a number that is no patient's can only be acknowledged or closed.
+desk's too. A reply from a number that is no patient's cannot be answered from here.
 """
 
 from __future__ import annotations
@@ -120,12 +120,12 @@ def close_reply(current: Page) -> Response:
 
 @page()
 def retriage_reply(current: Page) -> Response:
-    """Staff's judgement of the level replaces the matcher's (made urgent, it alerts)."""
+    """Staff's judgement of the level replaces the matcher's (made urgent, it alerts the
+    on-call contact, an unknown number's reply too, as `aftercare inbox triage` does)."""
     reply_id = current.request.path_params["reply_id"]
     try:
         with current.db() as db:
             reply = _reply(current, db)
-            _patient(current, db, reply, "level")
             retriage(db, current.app.settings, reply, current.field("level"), current.app.clock())
     except UserError as error:
         current.refuse(error)
