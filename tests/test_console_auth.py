@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from console_kit import CSRF, EMAILS, PASSWORDS, Console, console
 
 from aftercare.errors import UserError
 from aftercare.staff import check_password
 from conftest import Clinic
+from console_kit import CSRF, EMAILS, PASSWORDS, Console, console
 
 __all__ = ["console"]
 

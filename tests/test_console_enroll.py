@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from console_kit import EMAILS, Console, console
 
 from conftest import Clinic
+from console_kit import EMAILS, Console, console
 
 __all__ = ["console"]
 

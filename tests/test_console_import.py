@@ -10,10 +10,10 @@ import time
 
 import httpx
 import pytest
-from console_kit import EMAILS, Console, console
 
 from aftercare.web.console.imports import uploads
 from conftest import Clinic
+from console_kit import EMAILS, Console, console
 
 __all__ = ["console"]
 

@@ -7,10 +7,10 @@ import re
 from datetime import timedelta
 
 import pytest
-from console_kit import EMAILS, Console, console
 
 from aftercare import replies
 from conftest import Clinic
+from console_kit import EMAILS, Console, console
 
 __all__ = ["console"]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from console_kit import Console, console
 
 from conftest import Clinic, utc
+from console_kit import Console, console
 
 __all__ = ["console"]
 

@@ -8,7 +8,6 @@ import sqlite3
 from datetime import timedelta
 
 import pytest
-from console_kit import EMAILS, Console, console
 from sqlalchemy import event
 
 from aftercare.bookings import book
@@ -17,6 +16,7 @@ from aftercare.models import Patient, Session
 from aftercare.notices import queue_staff_reply
 from aftercare.replies import Incoming, settle, store
 from conftest import Clinic
+from console_kit import EMAILS, Console, console
 
 __all__ = ["console"]
 
@@ -317,7 +317,7 @@ def test_the_bruising_check_in_and_its_flag_show(jane: Console, clinic: Clinic) 
         db.add(session)
     jane.sign_in("frontdesk")
     page = jane.get("/patients/1").text
-    assert "Answer: bruising: still_there" in page
+    assert "Answer: bruising: still there" in page
     assert "Call the patient:" in page
     assert "bruising not gone: call the patient to move this session" in page
 

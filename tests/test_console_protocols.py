@@ -5,11 +5,11 @@ from __future__ import annotations
 import html
 
 import pytest
-from console_kit import Console, console
 
 from aftercare.preview import preview
 from aftercare.protocols import describe_timing
 from aftercare.segments import measure
+from console_kit import Console, console
 
 __all__ = ["console"]
 

@@ -8,11 +8,11 @@ from datetime import date, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from console_kit import Console, console
 
 from aftercare import replies
 from aftercare.worklist import Remedy, clinic_day, day_of, remedy
 from conftest import Clinic, utc
+from console_kit import Console, console
 
 __all__ = ["console"]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import html
 
 import pytest
-from console_kit import EMAILS, NAMES, PASSWORDS, Console, console
 
 from aftercare.app import App
 from aftercare.checks import setup_problems
 from aftercare.staff import authenticate
 from conftest import Clinic
+from console_kit import EMAILS, NAMES, PASSWORDS, Console, console
 
 __all__ = ["console"]
 
