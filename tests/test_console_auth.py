@@ -14,13 +14,6 @@ from console_kit import CSRF, EMAILS, PASSWORDS, Console, console
 __all__ = ["console"]
 
 
-def test_every_page_needs_a_login(console: Console) -> None:
-    for path in ("/", "/patients", "/inbox", "/messages", "/protocols", "/enroll", "/import",
-                 "/users", "/patients/1"):
-        answer = console.get(path)
-        assert answer.status_code == 303, path
-        assert answer.headers["location"].startswith("/login?next="), path
-
 
 def test_sign_in_sets_a_safe_cookie_and_shows_today(console: Console) -> None:
     answer = console.sign_in("frontdesk")
