@@ -200,6 +200,14 @@ def change_own_password(db: DbSession, user: StaffUser, current: str, new: str, 
             db.delete(session)
 
 
+def names_by_email(db: DbSession, emails: set[str]) -> dict[str, str]:
+    """The names of the staff accounts among `emails` (who made a change, who replied)."""
+    if not emails:
+        return {}
+    rows = db.exec(select(StaffUser.email, StaffUser.name).where(col(StaffUser.email).in_(emails)))
+    return dict(rows.all())
+
+
 def active_admins(db: DbSession) -> int:
     """How many admin accounts can sign in (not disabled)."""
     return len(db.exec(select(StaffUser.id).where(StaffUser.role == StaffRole.ADMIN,

@@ -30,6 +30,7 @@ from aftercare.notices import queue_staff_reply, send_one
 from aftercare.patients import PatientChanges, set_opt_out, update_patient
 from aftercare.privacy import forget
 from aftercare.protocols import CHANNELS
+from aftercare.staff import names_by_email
 from aftercare.timeline import CourseSessions, Entry, courses_with_sessions, entries_of
 from aftercare.web.console import i18n
 from aftercare.web.console.base import PAGE_SIZE, Page, page
@@ -114,6 +115,8 @@ def _show(current: Page, patient_id: int, status: int = 200) -> Response:
         if patient is None:
             raise current.not_found(current._("no patient with this id."))
         view = load_page(db, patient, current)
+        staff_names = names_by_email(db, {e.actor for e in view.events if e.actor}
+                                     | {line.by for line in view.lines if line.by})
     app, tz = current.app, current.tz
     names = {p.key: p.name for p in app.protocols}
     titles = {(p.key, s.key): s.title for p in app.protocols for s in p.steps}
@@ -147,7 +150,7 @@ def _show(current: Page, patient_id: int, status: int = 200) -> Response:
         clinic_zone=app.settings.clinic.timezone,
         taken_place=lambda s: has_taken_place(s.at, app.clock()),
         local_input=lambda moment: moment.astimezone(tz).strftime("%Y-%m-%dT%H:%M"),
-        posted=current.field("form"), page_link=page_link)
+        posted=current.field("form"), page_link=page_link, staff_names=staff_names)
 
 
 def _path_id(current: Page) -> int:
