@@ -20,8 +20,9 @@ from aftercare.enrollment import (
 from aftercare.errors import UserError
 from aftercare.history import record
 from aftercare.models import Course, CourseStatus, Patient, Session, SessionStatus
+from aftercare.patients import require_not_forgotten
 from aftercare.planning import PlanChanges, Planner, replan
-from aftercare.queries import courses_of
+from aftercare.queries import courses_of, get_by_id
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Booking:
 
 def find_session(db: DbSession, ident: int) -> Session:
     """The session with id `ident`, or a UserError."""
-    session = db.get(Session, ident)
+    session = get_by_id(db, Session, ident)
     if session is None:
         raise UserError("session", f"no session with id {ident}; see `aftercare timeline "
                         "PATIENT` for a patient's sessions")
@@ -44,7 +45,7 @@ def find_session(db: DbSession, ident: int) -> Session:
 
 def find_course(db: DbSession, ident: int) -> Course:
     """The course with id `ident`, or a UserError."""
-    course = db.get(Course, ident)
+    course = get_by_id(db, Course, ident)
     if course is None:
         raise UserError("course", f"no course with id {ident}; see `aftercare patient show "
                         "PATIENT` for a patient's courses")
@@ -55,6 +56,7 @@ def book(db: DbSession, planner: Planner, patient: Patient, at: datetime, *,
          course_id: int | None = None, treatment: str | None = None) -> Booking:
     """Book a session; its reminders replace any pending rebooking or maintenance nudge."""
     now = planner.clock()
+    require_not_forgotten(patient)
     if at <= now:
         raise UserError("at", "is in the past; record a session that took place with "
                         "`aftercare enroll`")

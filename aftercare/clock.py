@@ -44,7 +44,12 @@ def parse_time(text: str, default_tz: ZoneInfo, field: str) -> datetime:
         raise UserError(field, f"'{text}' is not a plausible date; write a year between 2000 "
                         "and 2100")
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=default_tz)
+        local = moment.replace(tzinfo=default_tz)
+        # A wall time skipped when the clocks go forward would silently become another hour.
+        if local.astimezone(UTC).astimezone(default_tz).replace(tzinfo=None) != moment:
+            raise UserError(field, f"'{text}' does not exist in {default_tz.key}: the clocks go "
+                            "forward then; write a time outside the skipped hour")
+        moment = local
     return moment.astimezone(UTC)
 
 

@@ -20,6 +20,7 @@ from aftercare.models import (
     Session,
     SessionStatus,
 )
+from aftercare.patients import require_not_forgotten
 from aftercare.planning import PlanChanges, Planner, replan
 from aftercare.protocols import Protocol
 from aftercare.queries import courses_of, sessions_of
@@ -80,6 +81,7 @@ def enroll(db: DbSession, planner: Planner, patient: Patient, visit: SessionVisi
     session being completed); otherwise the patient's open course of the treatment is used.
     """
     now = planner.clock()
+    require_not_forgotten(patient)
     protocol = planner.protocols.get(visit.treatment)
     _check_visit(visit, now)
     if course is None:

@@ -16,6 +16,7 @@ from aftercare.history import record
 from aftercare.models import Patient
 from aftercare.planning import PlanChanges, Planner, replan_patient
 from aftercare.protocols import CHANNELS
+from aftercare.queries import get_by_id
 from aftercare.reachability import CLOSED_BY
 
 
@@ -138,14 +139,19 @@ class PatientChanges:
     ref: str | None = None
 
 
+def require_not_forgotten(patient: Patient) -> None:
+    """A forgotten patient's row stays for anonymous counts only: nothing new is planned."""
+    if patient.forgotten_at is not None:
+        raise UserError("patient", f"patient {patient.id} was forgotten; add them again")
+
+
 def update_patient(db: DbSession, planner: Planner, patient: Patient, changes: PatientChanges,
                    *, country: str, locales: tuple[str, ...]) -> tuple[list[str], PlanChanges]:
     """Apply `changes` to everything not yet sent; returns the changed field names.
 
     Nothing is written if any field is wrong. A new phone or email clears its "invalid" mark.
     """
-    if patient.forgotten_at is not None:
-        raise UserError("patient", f"patient {patient.id} was forgotten; add them again")
+    require_not_forgotten(patient)
     new: dict[str, Any] = {}
     if changes.name is not None:
         new["name"] = _name(changes.name)
@@ -218,10 +224,10 @@ def close_route(db: DbSession, planner: Planner, patient: Patient, consequence: 
 def find_patient(db: DbSession, ident: str) -> Patient:
     """The patient whose clinic ref or numeric id is `ident` ("#12" means id 12 only)."""
     if ident.startswith("#") and ident[1:].isdigit():
-        by_ref, by_id = None, db.get(Patient, int(ident[1:]))
+        by_ref, by_id = None, get_by_id(db, Patient, int(ident[1:]))
     else:
         by_ref = db.exec(select(Patient).where(Patient.ref == ident)).first()
-        by_id = db.get(Patient, int(ident)) if ident.isdigit() else None
+        by_id = get_by_id(db, Patient, int(ident)) if ident.isdigit() else None
     if by_ref is not None and by_id is not None and by_ref.id != by_id.id:
         raise UserError("patient", f"'{ident}' is patient {by_id.id}'s id and patient "
                         f"{by_ref.id}'s ref; write #{by_id.id} for the id")

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 from sqlmodel import Session as DbSession
-from sqlmodel import col, select
+from sqlmodel import SQLModel, col, select
 
 from aftercare.models import Course, Notice, NoticeKind, Patient, Session
+
+Row = TypeVar("Row", bound=SQLModel)
+
+MAX_ID = 2**63 - 1  # the largest id a database column holds; larger is nobody's
+
+
+def get_by_id(db: DbSession, model: type[Row], ident: int) -> Row | None:
+    """The row of `model` with this id, or None (an id no column can hold included)."""
+    return db.get(model, ident) if 0 < ident <= MAX_ID else None
 
 
 def sessions_of(db: DbSession, course: Course) -> list[Session]:

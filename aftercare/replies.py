@@ -22,6 +22,7 @@ from aftercare.models import Patient, Reply, ReplyStatus, TriageLevel
 from aftercare.notices import alert_on_call, queue_answer
 from aftercare.patients import set_opt_out
 from aftercare.planning import Planner
+from aftercare.queries import get_by_id
 from aftercare.rendering import Renderer, answer_context
 from aftercare.triage import TriageRules, triage
 
@@ -155,7 +156,7 @@ def _acknowledged_today(db: DbSession, reply: Reply, now: datetime) -> bool:
 
 def find_reply(db: DbSession, ident: int) -> Reply:
     """The reply with id `ident`, or a UserError."""
-    reply = db.get(Reply, ident)
+    reply = get_by_id(db, Reply, ident)
     if reply is None:
         raise UserError("reply", f"no reply with id {ident}; see `aftercare inbox --all`")
     return reply

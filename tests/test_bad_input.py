@@ -150,3 +150,34 @@ def test_bad_value_from_the_environment_names_the_variable(
 
 def test_daemon_refuses_a_fixed_clock(clinic: Clinic) -> None:
     _assert_user_error(clinic.run("--now", NOW, "run"), "now")
+
+
+@pytest.mark.parametrize("args, field", [
+    (["patient", "show", "99999999999999999999999"], "patient"),
+    (["patient", "show", "#99999999999999999999999"], "patient"),
+    (["session", "cancel", "99999999999999999999999"], "session"),
+    (["course", "withdraw", "99999999999999999999999"], "course"),
+    (["inbox", "ack", "99999999999999999999999"], "reply"),
+])
+def test_an_id_no_database_can_hold_is_nobody(jane: Clinic, args: list[str], field: str) -> None:
+    _assert_user_error(jane.run(*args), field)
+
+
+def test_a_time_skipped_by_the_clocks_going_forward_is_refused(jane: Clinic) -> None:
+    # 14 March 2027, New York: 02:00 EST becomes 03:00 EDT; 02:30 never happens.
+    before = _tables(jane)
+    result = jane.run("--now", "2027-03-10T12:00-05:00", "session", "book", "J1",
+                      "--treatment", "cellulite", "--at", "2027-03-14T02:30")
+    _assert_user_error(result, "at")
+    assert "does not exist in America/New_York" in result.stderr
+    assert _tables(jane) == before
+
+
+def test_a_forgotten_patient_cannot_be_enrolled_or_booked(jane: Clinic) -> None:
+    assert jane.run("patient", "forget", "J1").exit_code == 0
+    before = _tables(jane)
+    _assert_user_error(jane.run("--now", NOW, "enroll", "#1", "--treatment", "cellulite",
+                                "--session-at", "2026-03-06T10:00"), "patient")
+    _assert_user_error(jane.run("--now", NOW, "session", "book", "#1", "--treatment",
+                                "cellulite", "--at", "2026-03-20T10:00"), "patient")
+    assert _tables(jane) == before

@@ -328,7 +328,8 @@ def test_reply_by_sms(jane: Console, clinic: Clinic) -> None:
     assert answer.status_code == 303 and answer.headers["location"].endswith("#conversation")
     page = jane.follow(answer).text
     assert "Reply sent." in page
-    assert "See you Tuesday!" in page and f'Reply by <span title="{EMAILS["frontdesk"]}">Fran Desk</span>' in page
+    assert "See you Tuesday!" in page
+    assert f'Reply by <span title="{EMAILS["frontdesk"]}">Fran Desk</span>' in page
     assert clinic.rows("SELECT kind, status, staff, to_address FROM notice") == [
         ("staff_reply", "sent", EMAILS["frontdesk"], PHONE)]
     assert _actors(clinic, "reply.sent") == [EMAILS["frontdesk"]]
@@ -370,7 +371,8 @@ def test_the_conversation_shows_both_ways_in_time_order(jane: Console, clinic: C
     auto = conversation.index("Automatic answer")
     answered = conversation.index("Yes, it goes down in two days.")
     assert asked < auto < answered
-    assert "The patient wrote" in conversation and f'Reply by <span title="{EMAILS["clinician"]}">Dr Clara Ink</span>' in conversation
+    assert "The patient wrote" in conversation
+    assert f'Reply by <span title="{EMAILS["clinician"]}">Dr Clara Ink</span>' in conversation
 
 
 def test_history_newest_first_with_who_and_pages(jane: Console, clinic: Clinic) -> None:
