@@ -211,6 +211,16 @@ def remedy(channel: str, last_error: str | None) -> Remedy:
     return Remedy.CALL
 
 
+def role_to_answer(db: DbSession, patient_id: int | None) -> str:
+    """The role that may text this patient from the clinic now: while one of their replies
+    waiting for staff is urgent or review, a clinician answers (as in the inbox)."""
+    levels = db.exec(select(Reply.triage).where(
+        Reply.patient_id == patient_id, col(Reply.status).in_(WAITING),
+        col(Reply.keyword).is_(None))).all()
+    return "clinician" if any(level in (TriageLevel.URGENT, TriageLevel.REVIEW)
+                              for level in levels) else "frontdesk"
+
+
 def role_for(reply: Reply) -> str:
     """The staff role that may act on `reply`: urgent and review replies are a clinician's,
     routine ones (and those not yet triaged) the front desk's too."""

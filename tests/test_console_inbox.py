@@ -292,3 +292,22 @@ def test_the_alerts_sent_about_an_urgent_reply_are_shown(console: Console) -> No
     card = _card(console.get("/inbox").text, urgent)
     assert 'Alerts:' in card
     assert 'Alert (SMS) <span class="badge pending">Pending</span>' in card
+
+
+def test_the_front_desk_cannot_answer_from_the_patient_page_either(
+        console: Console, three: dict[str, int]) -> None:
+    # The inbox's rule holds on the patient page: while an urgent or review reply waits,
+    # a clinician answers the patient.
+    console.sign_in("frontdesk")
+    page = console.get("/patients/1").text
+    assert "a clinician answers it" in page and "Send reply" not in page
+    before = _state(console.clinic)
+    assert console.post("/patients/1/reply", {"text": "All fine!"}).status_code == 403
+    assert _state(console.clinic) == before
+    console.sign_in("clinician")
+    assert console.post("/patients/1/reply", {"text": "I am calling you now."}).status_code == 303
+    console.sign_in("admin")
+    for level in ("urgent", "review"):
+        assert console.post(f"/inbox/{three[level]}/close").status_code == 303
+    console.sign_in("frontdesk")
+    assert "Send reply" in console.get("/patients/1").text

@@ -18,13 +18,16 @@ __all__ = ["console"]
 OPEN = {"/login", "/logout"}
 
 
-def _routes(method: str) -> list[str]:
+def _routes(method: str, ident: str = "1") -> list[str]:
     paths = []
     for route in console_package.routes():
         if isinstance(route, Route) and method in (route.methods or set()) \
                 and route.path not in OPEN:
-            paths.append(re.sub(r"\{[^}]+\}", "1", route.path))
+            paths.append(re.sub(r"\{[^}]+\}", ident, route.path))
     return sorted(set(paths))
+
+
+HUGE = "99999999999999999999999"
 
 
 def _dump(clinic: Clinic) -> list[str]:
@@ -90,3 +93,39 @@ def test_the_session_cookie_is_secure_behind_https(clinic: Clinic) -> None:
         answer = kit.sign_in("admin")
     assert "Secure" in answer.headers["set-cookie"]
     assert "HttpOnly" in answer.headers["set-cookie"]
+
+
+@pytest.mark.parametrize("path", [p for p in _routes("GET", HUGE) if HUGE in p] + [
+    f"/patients?page={HUGE}", f"/messages?page={HUGE}", f"/inbox?closed=1&page={HUGE}",
+    f"/users?page={HUGE}", f"/patients/1?hpage={HUGE}", f"/patients/1?cpage={HUGE}",
+    f"/enroll?patient={HUGE}"])
+def test_numbers_no_database_holds_are_not_found_not_a_crash(console: Console, clinic: Clinic,
+                                                             path: str) -> None:
+    _seed(clinic)
+    console.sign_in("admin")
+    assert console.get(path).status_code in (200, 404)
+
+
+@pytest.mark.parametrize("path", [p for p in _routes("POST", HUGE) if HUGE in p])
+def test_forms_on_records_no_database_holds_change_nothing(console: Console, clinic: Clinic,
+                                                           path: str) -> None:
+    _seed(clinic)
+    console.sign_in("admin")
+    before = _dump(clinic)
+    answer = console.post(path, {"text": "hi", "note": "x", "level": "routine", "role": "admin",
+                                 "at": "2026-12-20T10:00", "confirm": "FORGET"})
+    assert answer.status_code in (400, 404), (path, answer.status_code)
+    assert _dump(clinic) == before
+
+
+def test_enroll_and_book_with_huge_ids_change_nothing(console: Console, clinic: Clinic) -> None:
+    _seed(clinic)
+    console.sign_in("admin")
+    before = _dump(clinic)
+    for patient in (HUGE, f"#{HUGE}"):
+        answer = console.post("/enroll", {"patient": patient, "treatment": "cellulite",
+                                          "session_at": "2026-12-01T09:00", "action": "enroll"})
+        assert answer.status_code == 400
+    answer = console.post("/patients/1/book", {"course": HUGE, "at": "2026-12-20T10:00"})
+    assert answer.status_code in (400, 404)
+    assert _dump(clinic) == before

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from aftercare.app import App
 from aftercare.daemon import Sender
 from aftercare.web import console, twilio, unsubscribe
-from aftercare.web.console.base import SecurityHeaders
+from aftercare.web.console.base import SECURITY_HEADERS, SecurityHeaders
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,12 @@ def create_app(app: App, *, send: bool = False) -> Starlette:
     async def health(_request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
+    async def crashed(_request: Request, exc: Exception) -> Response:
+        # Starlette answers this outside every middleware: the headers are added here.
+        log.error("request failed: %s", type(exc).__name__)
+        return PlainTextResponse("Internal Server Error: the error is in the service's log.\n",
+                                 status_code=500, headers=SECURITY_HEADERS)
+
     web = Starlette(routes=[
         Route("/healthz", health, methods=["GET"]),
         Route("/twilio/sms", twilio.incoming, methods=["POST"]),
@@ -51,6 +57,7 @@ def create_app(app: App, *, send: bool = False) -> Starlette:
         Route("/unsubscribe/{token}", unsubscribe.form, methods=["GET"]),
         Route("/unsubscribe/{token}", unsubscribe.confirm, methods=["POST"]),
         *console.routes(),
-    ], middleware=[Middleware(SecurityHeaders)], lifespan=lifespan)
+    ], middleware=[Middleware(SecurityHeaders)], exception_handlers={500: crashed},
+        lifespan=lifespan)
     web.state.aftercare = app
     return web

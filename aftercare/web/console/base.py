@@ -146,8 +146,7 @@ class Page:
         return self.request.query_params.get(name, default).strip()
 
     def page_number(self) -> int:
-        text = self.query("page", "1")
-        return max(1, int(text)) if text.isdigit() else 1
+        return page_param(self.query("page", "1")) or 1
 
     def require(self, role: str) -> None:
         if not can(self.user.role, role):
@@ -188,6 +187,14 @@ class Page:
 
     def not_found(self, what: str) -> HTTPException:
         return HTTPException(404, what)
+
+
+MAX_PAGE = 1_000_000  # past any list's end; a larger number is no database's offset
+
+
+def page_param(text: str) -> int:
+    """A page number from the query string (0 when absent or not a number)."""
+    return min(max(1, int(text)), MAX_PAGE) if text.isdigit() else 0
 
 
 Handler = Callable[[Page], Response]
@@ -280,6 +287,8 @@ def _handle(current: Page, handler: Handler) -> Response:
         return forbidden_page(current)
     except UserError as exc:
         return error_page(current, 400, str(exc))
+    except OverflowError:  # an id or number no database column can hold: nobody's
+        return error_page(current, 404, current._("Not found: no such record."))
     except HTTPException as exc:
         if exc.status_code == 404:
             return error_page(current, 404, current._("Not found: ") + str(exc.detail))

@@ -33,7 +33,8 @@ from aftercare.protocols import CHANNELS
 from aftercare.staff import names_by_email
 from aftercare.timeline import CourseSessions, Entry, courses_with_sessions, entries_of
 from aftercare.web.console import i18n
-from aftercare.web.console.base import PAGE_SIZE, Page, page
+from aftercare.web.console.base import PAGE_SIZE, Page, page, page_param
+from aftercare.worklist import role_to_answer
 
 PAGERS = ("tpage", "cpage", "hpage")  # the page numbers of the timeline, conversation, history
 FORGET_WORD = "FORGET"  # typed to confirm forgetting, as an alternative to the patient's name
@@ -105,8 +106,7 @@ def load_page(db: DbSession, patient: Patient, current: Page) -> PatientPage:
 
 def _page_of(current: Page, name: str) -> int:
     """The page number in query parameter `name`, or 0 when not given."""
-    text = current.query(name)
-    return max(1, int(text)) if text.isdigit() else 0
+    return page_param(current.query(name))
 
 
 def _show(current: Page, patient_id: int, status: int = 200) -> Response:
@@ -115,6 +115,7 @@ def _show(current: Page, patient_id: int, status: int = 200) -> Response:
         if patient is None:
             raise current.not_found(current._("no patient with this id."))
         view = load_page(db, patient, current)
+        reply_role = role_to_answer(db, patient.id)
         staff_names = names_by_email(db, {e.actor for e in view.events if e.actor}
                                      | {line.by for line in view.lines if line.by})
     app, tz = current.app, current.tz
@@ -150,7 +151,8 @@ def _show(current: Page, patient_id: int, status: int = 200) -> Response:
         clinic_zone=app.settings.clinic.timezone,
         taken_place=lambda s: has_taken_place(s.at, app.clock()),
         local_input=lambda moment: moment.astimezone(tz).strftime("%Y-%m-%dT%H:%M"),
-        posted=current.field("form"), page_link=page_link, staff_names=staff_names)
+        posted=current.field("form"), page_link=page_link, staff_names=staff_names,
+        may_reply=current.may(reply_role))
 
 
 def _path_id(current: Page) -> int:
@@ -369,6 +371,7 @@ def reply(current: Page) -> Response:
     queued: list[int | None] = []
 
     def work(db: DbSession, patient: Patient) -> str:
+        current.require(role_to_answer(db, patient.id))
         queued.append(queue_staff_reply(db, patient, current.field("text"), app.clock()).id)
         return ""
 
