@@ -271,6 +271,9 @@ class Notice(SQLModel, table=True):
     status, so two senders do not both send it.
     """
 
+    # One staff form submitted twice (a double click, a retried request) is one notice.
+    __table_args__ = (Index("ux_notice_request_key", "request_key", unique=True),)
+
     id: int | None = Field(default=None, primary_key=True)
     kind: str = Field(max_length=16)
     reply_id: int | None = Field(default=None, foreign_key="reply.id", index=True)
@@ -287,6 +290,7 @@ class Notice(SQLModel, table=True):
     provider_id: str | None = Field(default=None, max_length=64)
     last_error: str | None = Field(default=None, max_length=500)
     staff: str | None = Field(default=None, max_length=100)  # who sent it ("cli" for the CLI)
+    request_key: str | None = Field(default=None, max_length=80)
     created_at: datetime = Field(sa_column=_utc())
 
 

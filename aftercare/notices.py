@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
@@ -96,8 +97,17 @@ def escalate(db: DbSession, settings: Settings, now: datetime) -> int:
     return escalated
 
 
-def queue_staff_reply(db: DbSession, patient: Patient, text: str, now: datetime) -> Notice:
-    """Queue staff's own SMS to a patient (kept in the conversation); sent at once."""
+def queue_staff_reply(db: DbSession, patient: Patient, text: str, now: datetime, *,
+                      request_key: str | None = None) -> Notice:
+    """Queue staff's own SMS to a patient (kept in the conversation); sent at once.
+
+    With `request_key` (one per form shown), the same form submitted again returns the
+    notice of the first submission instead of texting the patient twice.
+    """
+    if request_key is not None:
+        earlier = db.exec(select(Notice).where(Notice.request_key == request_key)).first()
+        if earlier is not None:
+            return earlier
     body = text.strip()
     if not body:
         raise UserError("text", "must not be empty")
@@ -106,9 +116,16 @@ def queue_staff_reply(db: DbSession, patient: Patient, text: str, now: datetime)
     why = patient.unreachable_reason("sms")
     if why is not None:
         raise UserError("patient", f"patient {patient.id} cannot get SMS: {why}")
-    notice = _queue(db, NoticeKind.STAFF_REPLY, "sms", patient.phone, now, body=body,
-                    patient=patient)
-    notice.staff = actor_of(db)[:100]
+    try:
+        # A savepoint: the same form posted twice at once, the second insert loses here.
+        with db.begin_nested():
+            notice = _queue(db, NoticeKind.STAFF_REPLY, "sms", patient.phone, now, body=body,
+                            patient=patient, staff=actor_of(db)[:100], request_key=request_key)
+    except IntegrityError:
+        earlier = db.exec(select(Notice).where(Notice.request_key == request_key)).first()
+        if request_key is None or earlier is None:
+            raise
+        return earlier
     record(db, now, "reply.sent", patient.id or 0, "staff reply")
     return notice
 
@@ -170,6 +187,17 @@ def send_one(app: App, notice_id: int | None, rng: random.Random) -> str | None:
     return "sent"
 
 
+def sent_or_queued(app: App, notice_id: int | None, rng: random.Random) -> str:
+    """Send a queued notice now if nobody else is: "sent", "retrying", "failed", or, when
+    another request already has it (the same form posted twice), where that one stands."""
+    outcome = send_one(app, notice_id, rng)
+    if outcome is not None:
+        return outcome
+    with app.db() as db:
+        notice = db.get(Notice, notice_id)
+    return notice.status if notice is not None else NoticeStatus.PENDING
+
+
 def recover_stale(app: App) -> int:
     """Notices left `sending` by a sender that died go back to pending after the lease
     (at least once: an alert twice beats an alert lost)."""
@@ -202,11 +230,12 @@ def _failed(app: App, notice: Notice, exc: SendError, rng: random.Random) -> str
 
 def _queue(db: DbSession, kind: str, channel: str, to: str | None, now: datetime, *,
            body: str, subject: str | None = None, reply: Reply | None = None,
-           patient: Patient | None = None, staff: str | None = None) -> Notice:
+           patient: Patient | None = None, staff: str | None = None,
+           request_key: str | None = None) -> Notice:
     notice = Notice(kind=kind, channel=channel, to_address=to, body=body, subject=subject,
                     reply_id=reply.id if reply else None,
                     patient_id=patient.id if patient else (reply.patient_id if reply else None),
-                    send_after=now, created_at=now, staff=staff)
+                    send_after=now, created_at=now, staff=staff, request_key=request_key)
     db.add(notice)
     db.flush()
     return notice

@@ -311,3 +311,28 @@ def test_the_front_desk_cannot_answer_from_the_patient_page_either(
         assert console.post(f"/inbox/{three[level]}/close").status_code == 303
     console.sign_in("frontdesk")
     assert "Send reply" in console.get("/patients/1").text
+
+
+def test_a_form_posted_twice_texts_the_patient_once(console: Console,
+                                                    three: dict[str, int]) -> None:
+    console.sign_in("clinician")
+    inbox = console.get("/inbox").text
+    once = re.search(rf'action="/inbox/{three["urgent"]}/answer".*?name="once" value="([^"]+)"',
+                     inbox, re.S)
+    assert once
+    form = {"text": "Please call us now.", "once": once.group(1)}
+    first = console.post(f"/inbox/{three['urgent']}/answer", form)
+    again = console.post(f"/inbox/{three['urgent']}/answer", form)  # a double click
+    assert first.status_code == again.status_code == 303
+    assert "Answer sent" in console.follow(again).text
+    assert console.clinic.rows("SELECT body, status FROM notice WHERE kind = 'staff_reply'") == [
+        ("Please call us now.", "sent")]
+    assert console.clinic.rows("SELECT count(*) FROM event WHERE kind = 'reply.sent'") == [(1,)]
+    # A new form is a new message, even with the same words.
+    page = console.get("/patients/1").text
+    fresh = re.search(r'action="/patients/1/reply".*?name="once" value="([^"]+)"', page, re.S)
+    assert fresh and fresh.group(1) != once.group(1)
+    assert console.post("/patients/1/reply", {"text": "Please call us now.",
+                                              "once": fresh.group(1)}).status_code == 303
+    assert console.clinic.count("notice") - console.clinic.rows(
+        "SELECT count(*) FROM notice WHERE kind != 'staff_reply'")[0][0] == 2

@@ -57,6 +57,7 @@ RELEASED = {
         "94d7cfb1ff84e69ba9a4752508f1d25d08394b1c132d1cec399771f7b15a3302",
     "0006_staff_console.py": "de12fd8b0b51f984af967f1624b6e8bbdae657626c0650d0766a46690a76877c",
     "0007_console_indexes.py": "f2b9b5966a16927ad6aacc0e451b7dc84b525eea7739fb925367ce5479aef8ef",
+    "0008_notice_request_key.py": "daf66c0ccd49d2b56801e6080ad25d8949ea79452dd078f59e7aed7683a9130c",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -138,6 +139,12 @@ class Page:
     def optional(self, name: str) -> str | None:
         return self.field(name) or None
 
+    def request_key(self) -> str | None:
+        """The key of this submission of a form that texts a patient (its hidden `once`
+        field, made when the form was shown): the same form posted twice sends once."""
+        once = self.field("once")
+        return f"{self.session_id}:{once}" if re.fullmatch(r"[A-Za-z0-9_-]{16,43}", once) else None
+
     def upload(self, name: str) -> UploadFile | None:
         value = self.form.get(name) if self.form is not None else None
         return value if isinstance(value, UploadFile) else None
@@ -164,7 +171,7 @@ class Page:
         html = env.get_template(template).render(
             page=self, user=self.user, csrf=self.csrf, flash=self.flash, errors=self.errors,
             when=i18n.when(self.lang, self.tz), day=i18n.day(self.lang, self.tz),
-            can=self.may, url_with=self.url_with,
+            can=self.may, url_with=self.url_with, once=lambda: secrets.token_urlsafe(16),
             role_name=self._(ROLE_NAMES.get(self.user.role, self.user.role)), **values)
         return HTMLResponse(html, status_code=status)
 

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from aftercare.errors import UserError
 from aftercare.models import Patient, Reply
-from aftercare.notices import queue_staff_reply, send_one
+from aftercare.notices import queue_staff_reply, sent_or_queued
 from aftercare.queries import alerts_by_reply, patients_by_id
 from aftercare.replies import acknowledge, close, inbox, retriage
 from aftercare.web.console.base import PAGE_SIZE, Page, page
@@ -87,13 +87,14 @@ def answer_reply(current: Page) -> Response:
         with current.db() as db:
             reply = _reply(current, db)
             patient = _patient(current, db, reply, "text")
-            notice = queue_staff_reply(db, patient, current.field("text"), app.clock())
+            notice = queue_staff_reply(db, patient, current.field("text"), app.clock(),
+                                       request_key=current.request_key())
             acknowledge(db, reply, app.clock())
             notice_id, name = notice.id, patient.name
     except UserError as error:
         current.refuse(error)
         return _listing(current, status=400, acted_on=reply_id, action="answer")
-    outcome = send_one(app, notice_id, random.Random())
+    outcome = sent_or_queued(app, notice_id, random.Random())
     if outcome == "sent":
         flash = current._("Answer sent to {name}.").format(name=name)
     elif outcome == "failed":

@@ -26,7 +26,7 @@ from aftercare.enrollment import has_taken_place
 from aftercare.errors import UserError
 from aftercare.history import events_page
 from aftercare.models import Course, CourseStatus, Event, Patient, Session, SessionStatus
-from aftercare.notices import queue_staff_reply, send_one
+from aftercare.notices import queue_staff_reply, sent_or_queued
 from aftercare.patients import PatientChanges, set_opt_out, update_patient
 from aftercare.privacy import forget
 from aftercare.protocols import CHANNELS
@@ -372,12 +372,13 @@ def reply(current: Page) -> Response:
 
     def work(db: DbSession, patient: Patient) -> str:
         current.require(role_to_answer(db, patient.id))
-        queued.append(queue_staff_reply(db, patient, current.field("text"), app.clock()).id)
+        queued.append(queue_staff_reply(db, patient, current.field("text"), app.clock(),
+                                        request_key=current.request_key()).id)
         return ""
 
     def send() -> str:
         # The notice was committed before it is sent (as `aftercare reply`): never lost.
-        outcome = send_one(app, queued[0], random.Random())
+        outcome = sent_or_queued(app, queued[0], random.Random())
         notices = {"sent": current._("Reply sent."),
                    "retrying": current._("The reply could not be sent yet; it will be tried "
                                          "again."),
