@@ -154,17 +154,11 @@ def authenticate(db: DbSession, email: str, password: str, now: datetime) -> Sta
         log.warning("console login refused: unknown account")
         raise LoginRefused("wrong")
     if user.locked_until is not None and user.locked_until > now:
+        _verify(_DUMMY_HASH, password)  # as long as a real check: the answer's time tells nothing
         log.warning("console login refused: account %s is locked", user.id)
         raise LoginRefused("locked")
     if not _verify(user.password_hash, password):
-        user.failed_logins += 1
-        if user.failed_logins >= LOCK_AFTER_FAILURES:
-            user.locked_until, user.failed_logins = now + LOCK_FOR, 0
-            log.warning("console login refused: account %s locked after %d failures", user.id,
-                        LOCK_AFTER_FAILURES)
-        else:
-            log.warning("console login refused: wrong password for account %s (%d in a row)",
-                        user.id, user.failed_logins)
+        _failed(user, now)
         db.add(user)
         raise LoginRefused("wrong")
     if user.disabled_at is not None:
@@ -178,6 +172,18 @@ def authenticate(db: DbSession, email: str, password: str, now: datetime) -> Sta
     return user
 
 
+def _failed(user: StaffUser, now: datetime) -> None:
+    """Count a wrong password; the fifth in a row locks the account (logged, by id only)."""
+    user.failed_logins += 1
+    if user.failed_logins >= LOCK_AFTER_FAILURES:
+        user.locked_until, user.failed_logins = now + LOCK_FOR, 0
+        log.warning("console login refused: account %s locked after %d failures", user.id,
+                    LOCK_AFTER_FAILURES)
+    else:
+        log.warning("console login refused: wrong password for account %s (%d in a row)",
+                    user.id, user.failed_logins)
+
+
 def _verify(password_hash: str, password: str) -> bool:
     try:
         return _hasher.verify(password_hash, password)
@@ -185,12 +191,23 @@ def _verify(password_hash: str, password: str) -> bool:
         return False
 
 
-def change_own_password(db: DbSession, user: StaffUser, current: str, new: str, *,
+def confirm_password(db: DbSession, user: StaffUser, password: str, now: datetime) -> bool:
+    """Whether `password` is the signed-in user's own (before a change to the account).
+    A wrong one counts as a failed login: the fifth in a row locks the account and signs
+    it out everywhere, so a browser left signed in is no way to guess the password."""
+    if _verify(user.password_hash, password):
+        return True
+    _failed(user, now)
+    if user.locked_until is not None and user.locked_until > now:
+        _end_sessions(db, user)
+    db.add(user)
+    return False
+
+
+def change_own_password(db: DbSession, user: StaffUser, new: str, *,
                         keep_session: int | None) -> None:
-    """A staff member's new password, given their current one; their other browsers are
+    """A staff member's new password (after `confirm_password`); their other browsers are
     signed out, the one at `keep_session` stays signed in."""
-    if not _verify(user.password_hash, current):
-        raise UserError("current_password", "is not your current password")
     check_password(new, email=user.email, name=user.name)
     user.password_hash = _hasher.hash(new)
     user.failed_logins, user.locked_until = 0, None

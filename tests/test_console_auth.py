@@ -158,3 +158,11 @@ def test_the_cli_keeps_an_admin_who_can_sign_in(clinic: Clinic) -> None:
     assert clinic.run("user", "add", "bo@lumiere.example", "--name", "Bo", "--role", "admin",
                       "--password-stdin", input="copper meadow tangent 3\n").exit_code == 0
     assert clinic.run("user", "disable", "ada@lumiere.example").exit_code == 0
+
+
+def test_logout_needs_the_sessions_csrf_token(console: Console) -> None:
+    console.sign_in("frontdesk")
+    assert console.post("/logout", csrf="forged").status_code == 403
+    assert console.get("/").status_code == 200  # still signed in
+    assert console.post("/logout").status_code == 303
+    assert console.get("/").status_code == 303

@@ -337,3 +337,18 @@ def test_the_account_page_needs_a_login(console: Console, clinic: Clinic) -> Non
     answer = console.client.post("/account/language", data={"locale": "fr"})
     assert answer.status_code == 303 and answer.headers["location"] == "/login"
     assert _users(clinic) == before
+
+
+def test_guessing_the_current_password_locks_the_account_like_the_login(console: Console) -> None:
+    console.sign_in("clinician")
+    for attempt in range(4):
+        wrong = console.post("/account/password", {"current_password": f"guess number {attempt}",
+                                                   "password": "a brand new passphrase 9"})
+        assert wrong.status_code == 400
+    fifth = console.post("/account/password", {"current_password": "guess number 5",
+                                                "password": "a brand new passphrase 9"})
+    assert fifth.status_code == 303 and fifth.headers["location"] == "/login"
+    assert console.get("/").status_code == 303  # signed out everywhere
+    (locked_until,) = console.clinic.rows(
+        "SELECT locked_until FROM staffuser WHERE role = 'clinician'")[0]
+    assert locked_until is not None

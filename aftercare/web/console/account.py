@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from aftercare.errors import UserError
 from aftercare.models import StaffUser
-from aftercare.staff import change_own_password, set_locale
+from aftercare.staff import change_own_password, confirm_password, set_locale
 from aftercare.web.console import i18n
 from aftercare.web.console.base import Page, page
 from aftercare.web.console.i18n import LANGUAGES
@@ -49,13 +49,22 @@ def account_language(current: Page) -> Response:
 def account_password(current: Page) -> Response:
     """A new password, given the current one; other browsers are signed out."""
     try:
-        with current.db() as db:
+        with current.db() as db:  # a wrong current password is counted, so committed
             user = db.get(StaffUser, current.user.id)
             assert user is not None
-            change_own_password(db, user, _raw(current, "current_password"),
-                                _raw(current, "password"), keep_session=current.session_id)
+            confirmed = confirm_password(db, user, _raw(current, "current_password"),
+                                         current.app.clock())
+            locked = user.locked_until is not None and user.locked_until > current.app.clock()
+            if confirmed:
+                change_own_password(db, user, _raw(current, "password"),
+                                    keep_session=current.session_id)
     except UserError as error:
         current.refuse(error)
+        return _show(current, status=400)
+    if locked and not confirmed:  # the fifth wrong password: signed out everywhere
+        return RedirectResponse("/login", status_code=303)
+    if not confirmed:
+        current.refuse(UserError("current_password", current._("is not your current password")))
         return _show(current, status=400)
     return current.redirect("/account", current._(
         "Password changed; your other browsers are signed out."))

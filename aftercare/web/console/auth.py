@@ -6,7 +6,7 @@ import hmac
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from aftercare.app import App
 from aftercare.staff import LoginRefused, authenticate
@@ -80,16 +80,23 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    """Sign out (POST with the session's CSRF token; the session ends either way)."""
+    """Sign out: a POST with the session's CSRF token (another site cannot sign staff out)."""
     app: App = request.app.state.aftercare
-    await read_form(request, app.settings.web.max_body_bytes)
+    form = await read_form(request, app.settings.web.max_body_bytes)
     token = request.cookies.get(COOKIE, "")
 
-    def end() -> None:
+    def end() -> bool:
         with app.db() as db:
+            csrf = sessions.csrf_of(db, token)
+            if csrf is not None and not hmac.compare_digest(str(form.get("csrf", "")).encode(),
+                                                            csrf.encode()):
+                return False
             sessions.end(db, token)
+            return True
 
-    await run_in_threadpool(end)
+    if not await run_in_threadpool(end):
+        return PlainTextResponse("This form is out of date or came from another site; you are "
+                                 "still signed in.\n", status_code=403)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response

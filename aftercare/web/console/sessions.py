@@ -61,6 +61,11 @@ def leave_flash(db: DbSession, session_id: int | None, text: str) -> None:
         db.add(session)
 
 
+def csrf_of(db: DbSession, token: str) -> str | None:
+    """The CSRF token of this cookie's session, None when there is no such session."""
+    return db.exec(select(StaffSession.csrf).where(StaffSession.token_hash == _hash(token))).first()
+
+
 def end(db: DbSession, token: str) -> None:
     """Sign this browser out."""
     db.exec(delete(StaffSession).where(col(StaffSession.token_hash) == _hash(token)))
