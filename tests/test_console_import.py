@@ -7,10 +7,12 @@ import logging
 import os
 import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
+from aftercare.errors import UserError
 from aftercare.web.console.imports import uploads
 from conftest import Clinic
 from console_kit import EMAILS, Console, console
@@ -218,3 +220,23 @@ def test_an_upload_left_for_more_than_an_hour_expires(console: Console, clinic: 
     assert _state(clinic) == (0, 0, 0, 0, 0)
     _upload(console, _csv(PAUL))  # the next upload sweeps it away
     assert not kept.exists()
+
+
+def test_uploads_left_by_a_crashed_service_are_swept_and_the_folder_is_private(
+        tmp_path: Path) -> None:
+    from aftercare.web.console.imports import KEEP_SECONDS, Uploads
+
+    folder = tmp_path / "uploads"
+    kept = Uploads(folder)
+    token = kept.keep(7, b"ref,name\n")
+    stale = folder / "3-left-by-a-crash.csv"
+    stale.write_bytes(b"patient data")
+    old = time.time() - KEEP_SECONDS - 60
+    os.utime(stale, (old, old))
+    Uploads(folder).sweep()  # a new service, the same folder
+    assert not stale.exists()
+    assert kept.load(7, token) == b"ref,name\n"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    folder.chmod(0o755)
+    with pytest.raises(UserError, match="not private"):
+        Uploads(folder).keep(7, b"x")

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -29,6 +30,7 @@ def create_app(app: App, *, send: bool = False) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_web: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(console.on_start)
         sender = Sender.start(app, check_setup=False) if send else None
         if sender is not None:
             log.info("service started: %s", sender.describe())

@@ -28,6 +28,11 @@ PAGES = (today, inbox, patients, patient, enroll, messages, protocols, imports, 
          account)
 
 
+def on_start() -> None:
+    """When the service starts: uploads a crashed service left behind are swept."""
+    imports.uploads.sweep()
+
+
 def routes() -> list[BaseRoute]:
     """Every console route: sign-in, the pages, and the stylesheet and scripts."""
     found: list[BaseRoute] = [

@@ -3,11 +3,10 @@ only its good rows, with the same `csv_import` functions as `aftercare import`."
 
 from __future__ import annotations
 
-import atexit
 import logging
+import os
 import re
 import secrets
-import shutil
 import tempfile
 import threading
 import time
@@ -22,26 +21,27 @@ from aftercare.web.console.base import Page, page
 
 log = logging.getLogger(__name__)
 
-# The decorator needs the limit before any configuration is read: web.max_upload_bytes'
-# default. A clinic's lower setting is enforced by the handler.
 KEEP_SECONDS = 3600  # an upload not imported within the hour is deleted
 TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
 
 
 class Uploads:
-    """Uploaded files between their check and their import: in a private temporary folder
-    (mode 0700), under a random name tied to the staff session; deleted once imported."""
+    """Uploaded files between their check and their import: in one private folder of the
+    service's user (mode 0700), under a random name tied to the staff session; deleted once
+    imported, and by the next sweep after an hour, even those of a service that crashed."""
 
-    def __init__(self) -> None:
-        self._folder: Path | None = None
+    def __init__(self, folder: Path | None = None) -> None:
+        self._folder = folder or Path(tempfile.gettempdir()) / f"aftercare-imports-{os.getuid()}"
         self._lock = threading.Lock()
 
     def _dir(self) -> Path:
         with self._lock:
-            if self._folder is None or not self._folder.is_dir():
-                self._folder = Path(tempfile.mkdtemp(prefix="aftercare-import-"))
-                # Patient data does not outlive the service in a temporary folder.
-                atexit.register(shutil.rmtree, self._folder, ignore_errors=True)
+            self._folder.mkdir(mode=0o700, exist_ok=True)
+            info = self._folder.stat()
+            if info.st_uid != os.getuid() or info.st_mode & 0o077:
+                # Someone else's folder, or one others can read: patient data never goes there.
+                raise UserError("file", f"{self._folder} is not private to this service; "
+                                "remove it and try again")
             return self._folder
 
     def _path(self, session_id: int, token: str) -> Path | None:
