@@ -77,6 +77,8 @@ class Uploads:
     def sweep(self) -> None:
         """Delete the uploads left unimported for more than KEEP_SECONDS."""
         limit = time.time() - KEEP_SECONDS
+        if not self._folder.is_dir():  # nothing was ever uploaded here: nothing to make
+            return
         for path in self._dir().glob("*.csv"):
             try:
                 if path.stat().st_mtime < limit:
