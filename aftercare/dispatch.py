@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, Engine, Update, update
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
+from aftercare import metrics
 from aftercare.channels import Channel, Outgoing
 from aftercare.clock import Clock, system_clock, zone
 from aftercare.config import Settings
@@ -189,7 +190,7 @@ class Dispatcher:
         channel = self.channels[claim.channel]
         failure: SendError | None = None
         try:
-            provider_id = channel.send(outcome)
+            provider_id = metrics.timed_send(channel, outcome)
         except SendError as exc:
             failure = exc
         except Exception as exc:
@@ -305,6 +306,7 @@ class Dispatcher:
         if result.rowcount != 1:
             log.warning("message %s was sent but its claim had been taken over", claim.message_id)
         log.debug("message %s (%s): sent", claim.message_id, claim.channel)
+        metrics.count_send(claim.channel, "sent")
         return "sent"
 
     def _record_failure(self, claim: Claim, exc: SendError) -> str | None:
@@ -347,6 +349,7 @@ class Dispatcher:
         outcome = "retrying" if retry else "failed"
         log.warning("message %s (%s): %s after attempt %s: %s", claim.message_id, claim.channel,
                     outcome, attempts, error)
+        metrics.count_send(claim.channel, outcome)
         return outcome
 
     def backoff(self, attempts: int) -> timedelta:
