@@ -25,10 +25,9 @@ from aftercare.app import App
 from aftercare.enrollment import SessionVisit, enroll
 from aftercare.models import Patient, Reply
 from aftercare.patients import NewPatient, add_patient
-from aftercare.staff import add_user
 from aftercare.web import create_app
 from conftest import Clinic, FixedClock, utc
-from console_kit import EMAILS, NAMES, PASSWORDS
+from console_kit import EMAILS, PASSWORDS, add_account
 
 if TYPE_CHECKING:  # Playwright is imported when a browser test runs, not at collection
     from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request, Response
@@ -108,11 +107,7 @@ class Live:
 
     def account(self, role: str) -> None:
         """The staff account of `role` (console_kit's emails and passwords)."""
-        if role in self.accounts:
-            return
-        with self.app.db() as db:
-            add_user(db, EMAILS[role], NAMES[role], role, PASSWORDS[role], self.clock())
-        self.accounts.add(role)
+        add_account(self.app, role, self.accounts)
 
     def patient(self, name: str, phone: str | None = "+1 212 555 0123",
                 email: str | None = "jane@example.com") -> int:

@@ -25,6 +25,15 @@ NAMES = {"frontdesk": "Fran Desk", "clinician": "Dr Clara Ink", "admin": "Ada Mi
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
+def add_account(app: App, role: str, made: set[str]) -> None:
+    """The staff account of `role` (EMAILS, NAMES, PASSWORDS), unless it is in `made` already."""
+    if role in made:
+        return
+    with app.db() as db:
+        add_user(db, EMAILS[role], NAMES[role], role, PASSWORDS[role], app.clock())
+    made.add(role)
+
+
 @dataclass
 class Console:
     """A browser-like client of one console; `sign_in(role)` makes it that staff member."""
@@ -37,11 +46,7 @@ class Console:
     accounts: set[str] = field(default_factory=set)
 
     def account(self, role: str) -> None:
-        if role in self.accounts:
-            return
-        with self.app.db() as db:
-            add_user(db, EMAILS[role], NAMES[role], role, PASSWORDS[role], self.clock())
-        self.accounts.add(role)
+        add_account(self.app, role, self.accounts)
 
     def sign_in(self, role: str) -> httpx.Response:
         self.account(role)

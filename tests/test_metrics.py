@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -27,12 +26,9 @@ from twilio.request_validator import RequestValidator
 from aftercare.app import App
 from aftercare.metrics import Heartbeat
 from aftercare.web import create_app
-from conftest import Clinic, FixedClock, midday_zone, utc
+from conftest import Clinic, FixedClock, midday_zone
+from webhook_kit import PHONE, PUBLIC, SESSION, TOKEN, listening_app
 
-PUBLIC = "https://aftercare.clinic.example"
-TOKEN = "0123456789abcdef0123456789abcdef"
-PHONE = "+12125550123"
-SESSION = utc("2026-03-02T10:30-05:00")
 # first_48h (SMS and email) fell due an hour after the session: 30 minutes overdue here.
 NOW = SESSION + timedelta(hours=1, minutes=30)
 DEADLINE = 20.0
@@ -45,14 +41,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def app(clinic: Clinic, clock: FixedClock, monkeypatch: pytest.MonkeyPatch) -> App:
-    monkeypatch.setenv("TWILIO_AUTH_TOKEN", TOKEN)
-    clinic.config.write_text(clinic.config.read_text() + f'\n[web]\npublic_url = "{PUBLIC}"\n',
-                             encoding="utf-8")
-    clinic.json("patient", "add", "--name", "Jane Doe", "--phone", PHONE, "--email",
-                "jane@example.com", "--ref", "J1")
-    clinic.json("--now", (SESSION + timedelta(minutes=30)).isoformat(), "enroll", "J1",
-                "--treatment", "cellulite", "--session-at", SESSION.isoformat())
-    return clinic.app(clock=clock, console=io.StringIO())
+    return listening_app(clinic, clock, monkeypatch)
 
 
 def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

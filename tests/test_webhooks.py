@@ -15,11 +15,8 @@ from twilio.request_validator import RequestValidator
 from aftercare.app import App
 from aftercare.web import create_app
 from conftest import Clinic, FixedClock, utc
+from webhook_kit import PHONE, PUBLIC, SESSION, TOKEN, listening_app
 
-PUBLIC = "https://aftercare.clinic.example"
-TOKEN = "0123456789abcdef0123456789abcdef"
-PHONE = "+12125550123"
-SESSION = utc("2026-03-02T10:30-05:00")
 NOW = SESSION + timedelta(hours=3)
 
 
@@ -57,14 +54,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def app(clinic: Clinic, clock: FixedClock, monkeypatch: pytest.MonkeyPatch) -> App:
-    monkeypatch.setenv("TWILIO_AUTH_TOKEN", TOKEN)
-    clinic.config.write_text(clinic.config.read_text() + f'\n[web]\npublic_url = "{PUBLIC}"\n',
-                             encoding="utf-8")
-    clinic.json("patient", "add", "--name", "Jane Doe", "--phone", PHONE, "--email",
-                "jane@example.com", "--ref", "J1")
-    clinic.json("--now", (SESSION + timedelta(minutes=30)).isoformat(), "enroll", "J1",
-                "--treatment", "cellulite", "--session-at", SESSION.isoformat())
-    return clinic.app(clock=clock, console=io.StringIO())
+    return listening_app(clinic, clock, monkeypatch)
 
 
 @pytest.fixture
