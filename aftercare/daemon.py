@@ -15,6 +15,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from aftercare import notices
 from aftercare.app import App
 from aftercare.checks import require_setup
+from aftercare.errors import UserError
+from aftercare.metrics import Heartbeat, serve_in_thread
 from aftercare.polling import MIN_POLL_SECONDS, Poller
 from aftercare.replies import settle_unhandled
 
@@ -30,20 +32,25 @@ class Sender:
     app: App
     stop: threading.Event
     scheduler: BackgroundScheduler
+    heartbeat: Heartbeat  # for /healthz: a sender that stopped making progress is unhealthy
 
     @classmethod
     def start(cls, app: App, stop: threading.Event | None = None, *,
-              check_setup: bool = True) -> Sender:
+              check_setup: bool = True, heartbeat: Heartbeat | None = None) -> Sender:
         """Check the setup (unless the caller did), then dispatch every poll interval until
-        `stop` is set."""
+        `stop` is set, showing progress on `heartbeat` (a new one by default)."""
         if check_setup:
             require_setup(app)
         stop = stop or threading.Event()
         dispatcher = app.dispatcher()
         poll = app.settings.daemon.poll_seconds
+        heartbeat = heartbeat or Heartbeat.for_app(app)
 
         def dispatch() -> None:
-            dispatcher.run_once(stop)
+            heartbeat.beat()
+            # Every check of `stop` between messages beats too: a long pass is not a stall.
+            dispatcher.run_once(heartbeat.watch(stop))
+            heartbeat.beat(finished=True)
 
         scheduler = BackgroundScheduler(timezone="UTC")
         # Fixed jobs only; a missed tick is harmless because the next one catches up
@@ -72,7 +79,7 @@ class Sender:
             log.warning("%s provider is console: messages are printed to stdout, not sent",
                         " and ".join(console))
         scheduler.start()
-        return cls(app, stop, scheduler)
+        return cls(app, stop, scheduler, heartbeat)
 
     def describe(self) -> str:
         """For the start-up log line: the poll interval and the database (no password)."""
@@ -82,14 +89,33 @@ class Sender:
     def shutdown(self) -> None:
         """Stop claiming, finish the send in flight, give back what was not started."""
         self.stop.set()
-        self.scheduler.shutdown(wait=True)
+        if self.scheduler.running:  # a test may have stopped it already, to stall the sender
+            self.scheduler.shutdown(wait=True)
 
 
 def run_daemon(app: App, stop: threading.Event | None = None,
-               handle_signals: bool = True) -> None:
-    """Dispatch every poll interval until `stop` is set (or SIGTERM/SIGINT arrives)."""
+               handle_signals: bool = True, metrics_port: int | None = None) -> None:
+    """Dispatch every poll interval until `stop` is set (or SIGTERM/SIGINT arrives); with
+    `metrics_port`, serve /healthz and /metrics on 127.0.0.1 meanwhile."""
     stop = stop or threading.Event()
-    sender = Sender.start(app, stop)
+    heartbeat = Heartbeat.for_app(app)
+    metrics = None
+    if metrics_port is not None:
+        # Bound before sending starts: a port in use stops the command before any send.
+        try:
+            metrics = serve_in_thread(app, heartbeat, metrics_port)
+        except OSError as exc:
+            raise UserError("metrics-port", f"cannot listen on 127.0.0.1:{metrics_port}: "
+                            f"{exc.strerror or exc}") from None
+    try:
+        sender = Sender.start(app, stop, heartbeat=heartbeat)
+    except BaseException:
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
+        raise
+    if metrics is not None:
+        log.info("health and metrics at http://127.0.0.1:%d/healthz and /metrics", metrics_port)
     previous = {}
     if handle_signals:
         def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -103,6 +129,9 @@ def run_daemon(app: App, stop: threading.Event | None = None,
             pass
     finally:
         sender.shutdown()
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         log.info("daemon stopped")

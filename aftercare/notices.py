@@ -23,6 +23,7 @@ from aftercare.config import Settings
 from aftercare.dispatch import retry_delay
 from aftercare.errors import SendError, UserError
 from aftercare.history import actor_of, record
+from aftercare.metrics import count_notice
 from aftercare.models import (
     Notice,
     NoticeKind,
@@ -184,6 +185,7 @@ def send_one(app: App, notice_id: int | None, rng: random.Random) -> str | None:
                 .values(status=NoticeStatus.SENT, sent_at=app.clock(), provider_id=provider_id,
                         last_error=None))
     log.info("notice %s (%s/%s): sent", notice.id, notice.kind, notice.channel)
+    count_notice(notice.kind, "sent")
     return "sent"
 
 
@@ -225,6 +227,7 @@ def _failed(app: App, notice: Notice, exc: SendError, rng: random.Random) -> str
                             f"provider error {exc.code}" if exc.code else "provider refusal")
     log.warning("notice %s (%s/%s): %s: %s", notice.id, notice.kind, notice.channel,
                 "retrying" if retry else "failed", error)
+    count_notice(notice.kind, "retrying" if retry else "failed")
     return "retrying" if retry else "failed"
 
 

@@ -18,6 +18,7 @@ from aftercare.checkins import answer_of, flag_for_staff, mentions, open_questio
 from aftercare.config import Settings
 from aftercare.errors import UserError
 from aftercare.history import record
+from aftercare.metrics import count_reply
 from aftercare.models import Patient, Reply, ReplyStatus, TriageLevel
 from aftercare.notices import alert_on_call, queue_answer
 from aftercare.patients import set_opt_out
@@ -69,6 +70,7 @@ def store(db: DbSession, incoming: Incoming, now: datetime) -> Reply:
                   body=incoming.body, received_at=now, keyword=keyword_of(incoming.body))
     db.add(reply)
     db.flush()
+    count_reply(reply.keyword)
     return reply
 
 

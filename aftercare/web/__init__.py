@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from aftercare import metrics
 from aftercare.app import App
 from aftercare.daemon import Sender
 from aftercare.web import console, twilio, unsubscribe
@@ -32,6 +33,7 @@ def create_app(app: App, *, send: bool = False) -> Starlette:
     async def lifespan(_web: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(console.on_start)
         sender = Sender.start(app, check_setup=False) if send else None
+        _web.state.sender = sender  # its heartbeat tells /healthz whether it makes progress
         if sender is not None:
             log.info("service started: %s", sender.describe())
         try:
@@ -43,8 +45,21 @@ def create_app(app: App, *, send: bool = False) -> Starlette:
                 sender.shutdown()
                 log.info("service stopped")
 
+    def heartbeat() -> metrics.Heartbeat | None:
+        sender: Sender | None = getattr(web.state, "sender", None)
+        return sender.heartbeat if sender is not None else None
+
+    # No login on either, like Twilio's endpoints: neither says anything about a patient.
+    # The reverse proxy passes /healthz on and keeps /metrics to the monitoring host.
     async def health(_request: Request) -> Response:
-        return PlainTextResponse("ok\n")
+        status, body = await run_in_threadpool(metrics.health, app, heartbeat())
+        return Response(metrics.health_json(body), status_code=status,
+                        media_type="application/json")
+
+    async def scrape(_request: Request) -> Response:
+        registry = metrics.registry_for(app, heartbeat())
+        page, content_type = await run_in_threadpool(metrics.metrics_page, registry)
+        return Response(page, media_type=content_type)
 
     async def crashed(_request: Request, exc: Exception) -> Response:
         # Starlette answers this outside every middleware: the headers are added here.
@@ -54,6 +69,7 @@ def create_app(app: App, *, send: bool = False) -> Starlette:
 
     web = Starlette(routes=[
         Route("/healthz", health, methods=["GET"]),
+        Route("/metrics", scrape, methods=["GET"]),
         Route("/twilio/sms", twilio.incoming, methods=["POST"]),
         Route("/twilio/status", twilio.status, methods=["POST"]),
         Route("/unsubscribe/{token}", unsubscribe.form, methods=["GET"]),
@@ -62,4 +78,5 @@ def create_app(app: App, *, send: bool = False) -> Starlette:
     ], middleware=[Middleware(SecurityHeaders)], exception_handlers={500: crashed},
         lifespan=lifespan)
     web.state.aftercare = app
+    web.state.sender = None
     return web
