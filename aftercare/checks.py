@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 
 from aftercare.app import App
-from aftercare.channels.twilio_sms import ACCOUNT_SID
-from aftercare.content_check import content_problems
+from aftercare.content_check import checked_content_problems
 from aftercare.db import require_schema
 from aftercare.errors import UserError
 from aftercare.unsubscribe import secret_from_env
@@ -21,7 +20,8 @@ def setup_problems(app: App, *, live: bool = True) -> list[str]:
         problems.append(str(exc))
     if not list(app.protocols):
         problems.append("protocols: none found; the package's config/protocols is missing")
-    problems += content_problems(app.settings, app.protocols, app.renderer)
+    problems += checked_content_problems(app.settings, app.protocols, app.renderer,
+                                         app.engine.url)
     settings = app.settings
     if settings.sms.provider == "twilio":
         problems += credential_problems()
@@ -56,6 +56,8 @@ def require_setup(app: App, *, live: bool = True) -> None:
 
 def credential_problems() -> list[str]:
     """Twilio credentials as found in the environment (they are never read from files)."""
+    from aftercare.channels.twilio_sms import ACCOUNT_SID  # the Twilio client loads with it
+
     problems = []
     sid = os.environ.get("TWILIO_ACCOUNT_SID", "")
     if not sid:

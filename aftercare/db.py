@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import create_engine
 
 from aftercare.errors import UserError
 from aftercare.resources import MIGRATIONS
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 SQLITE_BUSY_MS = 30_000
 
@@ -62,6 +62,9 @@ def flush_to_disk(engine: Engine) -> None:
 
 
 def _alembic_config(engine: Engine) -> Config:
+    # Alembic is imported by the commands that migrate, not by every start (~0.2 s).
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
@@ -70,6 +73,8 @@ def _alembic_config(engine: Engine) -> Config:
 
 def migrate(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Create or upgrade the schema to `revision` (the newest by default); (before, after)."""
+    from alembic import command
+
     config = _alembic_config(engine)
     before = current_revision(engine)
     with engine.begin() as connection:
@@ -82,25 +87,40 @@ def migrate(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
 
 def current_revision(engine: Engine) -> str | None:
     """The schema revision the database is at, or None when it was never initialised."""
+    # Alembic's own table read directly: the check every unit of work makes stays one query.
     try:
         with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            if not inspect(connection).has_table("alembic_version"):
+                return None
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
     except OperationalError as exc:
         raise UserError("database", f"cannot open {engine.url}: {exc.orig}") from None
+    if len(versions) > 1:
+        raise UserError("database", f"{engine.url} has several schema revisions; run "
+                        "`aftercare init`")
+    return versions[0][0] if versions else None
+
+
+_REVISION = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*['\"]?([^'\"\s]+)['\"]?",
+                       re.MULTILINE)
 
 
 @cache  # the migration files are part of the release: read once per process
 def head_revision() -> str:
-    """The newest schema revision this release ships."""
-    head = ScriptDirectory.from_config(_alembic_config_for_scripts()).get_current_head()
-    assert head is not None
-    return head
+    """The newest schema revision this release ships: the one no migration follows.
 
-
-def _alembic_config_for_scripts() -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return config
+    Read from the files' `revision`/`down_revision` lines rather than through Alembic,
+    whose import alone costs a command more than its whole check (tests/test_start_cost.py
+    compares the two).
+    """
+    revisions: set[str] = set()
+    followed: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for name, value in _REVISION.findall(path.read_text(encoding="utf-8")):
+            (revisions if name == "revision" else followed).add(value)
+    heads = revisions - followed
+    assert len(heads) == 1, f"migrations must have one head, found {sorted(heads)}"
+    return heads.pop()
 
 
 def require_schema(engine: Engine) -> None:

@@ -6,13 +6,12 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from jinja2 import TemplateError
-from sqlalchemy import ColumnElement, Engine, Update, update
+from sqlalchemy import ColumnElement, Engine, Update, bindparam, update
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
@@ -31,7 +30,6 @@ from aftercare.models import (
     Session,
     SessionStatus,
 )
-from aftercare.patients import close_route
 from aftercare.planning import Planner, replan, why_unwanted
 from aftercare.protocols import ProtocolBook
 from aftercare.queries import neighbour_session
@@ -40,6 +38,11 @@ from aftercare.rendering import Rendered, Renderer, message_context
 log = logging.getLogger(__name__)
 
 SETUP_RETRY_SECONDS = 300
+# While sends prove this fast (by the app's clock), several messages share one transaction
+# for their check and renewal, and outcomes are written with the next transaction: a
+# commit costs SQLite an fsync (~1-2 ms), more than a console send. A crash then leaves at
+# most this much sending unrecorded, for recovery to settle as it settles any interruption.
+GROUP_SECONDS = 0.05
 
 
 @dataclass
@@ -68,6 +71,27 @@ class Claim:
     message_id: int
     token: str
     channel: str
+    patient_id: int | None = None  # a group never holds two messages of one patient
+
+
+@dataclass
+class _Loaded:
+    """What a group of messages is judged on, read together: their patients (locked),
+    courses, each course's sessions in time order, and who already had an SMS."""
+
+    patients: dict[int, Patient]
+    courses: dict[int, Course]
+    sessions: dict[int, list[Session]]
+    had_sms: set[int]
+
+
+@dataclass
+class _Sent:
+    """A send that succeeded, not yet written: written with the next transaction."""
+
+    claim: Claim
+    provider_id: str
+    at: datetime
 
 
 @dataclass
@@ -88,25 +112,28 @@ class Dispatcher:
     # Tokens of this instance's claims in flight: its own recovery leaves them alone.
     _live: set[str] = field(default_factory=set, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    # The slowest send of the pass in flight, by the app's clock (None: none yet).
+    _slowest: timedelta | None = field(default=None, init=False, repr=False)
 
     def run_once(self, stop: threading.Event | None = None) -> DispatchCounts:
         """Send everything due, batch by batch, until nothing is left or `stop` is set."""
         counts = DispatchCounts()
-        while stop is None or not stop.is_set():
-            claims = self.claim(self.batch_limit())
-            if not claims:
-                break
-            try:
-                for index, claim in enumerate(claims):
-                    if stop is not None and stop.is_set():
-                        self._release(claims[index:])
-                        break
-                    outcome = self._process_safely(claim)
-                    if outcome is not None:
-                        setattr(counts, outcome, getattr(counts, outcome) + 1)
-            finally:
-                with self._lock:
-                    self._live.discard(claims[0].token)
+        self._slowest = None
+        sent: list[_Sent] = []  # sends of the last group, written with the next claim
+        try:
+            while stop is None or not stop.is_set():
+                claims = self.claim(self.batch_limit(), sent=sent)
+                counts.sent += _recorded(sent)
+                sent = []
+                if not claims:
+                    break
+                try:
+                    sent = self._send_claims(claims, counts, stop)
+                finally:
+                    with self._lock:
+                        self._live.discard(claims[0].token)
+        finally:
+            counts.sent += self._write_sent_safely(sent)
         if counts.total:
             log.info("dispatch: %s", " ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
         return counts
@@ -117,14 +144,172 @@ class Dispatcher:
         fits = self.settings.daemon.lease_seconds / 2 / self.settings.longest_send_seconds
         return max(1, min(self.settings.daemon.batch_size, int(fits)))
 
-    def claim(self, limit: int) -> list[Claim]:
+    def _send_claims(self, claims: list[Claim], counts: DispatchCounts,
+                     stop: threading.Event | None) -> list[_Sent]:
+        """Check, send and record one claim's messages, in order, each judged at the time
+        it is reached: one by one while sends are slow, in groups while they are fast.
+        Returns the last group's sends, for the caller to write."""
+        queue, sent = list(claims), list[_Sent]()
+
+        def count(outcome: str | None) -> None:
+            if outcome is not None:
+                setattr(counts, outcome, getattr(counts, outcome) + 1)
+
+        try:
+            while queue:
+                if stop is not None and stop.is_set():
+                    self._release(queue)
+                    return sent
+                group = self._next_group(queue)
+                if len(group) == 1:
+                    counts.sent += self._write_sent_safely(sent)
+                    sent = []
+                    count(self._process_safely(group[0]))
+                    continue
+                try:
+                    ready = self._prepare_group(group, sent, count)
+                except Exception as exc:
+                    # Nothing of that transaction was kept: write what was sent, then take
+                    # the group one by one, where one message's error stays its own.
+                    log.warning("dispatch: a group of %s failed to prepare (%s); one by one",
+                                len(group), type(exc).__name__)
+                    log.debug("dispatch: group error detail", exc_info=True)
+                    counts.sent += self._write_sent_safely(sent)
+                    sent = []
+                    queue[:0] = group[1:]
+                    count(self._process_safely(group[0]))
+                    continue
+                sent = []
+                for index, (claim, outgoing) in enumerate(ready):
+                    if stop is not None and stop.is_set():
+                        self._release([c for c, _ in ready[index:]] + queue)
+                        return sent
+                    result = self._send(claim, outgoing)
+                    if isinstance(result, str):
+                        sent.append(_Sent(claim, result, self.clock()))
+                    else:
+                        try:
+                            count(self._record_failure(claim, result))
+                        except Exception as exc:
+                            log.error("message %s: tried, but recording the outcome failed "
+                                      "(%s); recovery will settle it", claim.message_id,
+                                      type(exc).__name__)
+        except BaseException:
+            counts.sent += self._write_sent_safely(sent)
+            raise
+        return sent
+
+    def _next_group(self, queue: list[Claim]) -> list[Claim]:
+        """Take from `queue` the claims to judge together: one until a send was seen, then
+        as many as the slowest send so far lets go within GROUP_SECONDS, never two of one
+        patient (one's outcome may change the next: a closed route, a first SMS)."""
+        size = 1
+        if self._slowest is not None:
+            size = int(GROUP_SECONDS / max(self._slowest.total_seconds(), 1e-4))
+        group: list[Claim] = []
+        patients: set[int | None] = set()
+        while queue and len(group) < size and queue[0].patient_id not in patients \
+                and queue[0].patient_id is not None:
+            patients.add(queue[0].patient_id)
+            group.append(queue.pop(0))
+        return group or [queue.pop(0)]
+
+    def _note_send(self, took: timedelta) -> None:
+        if self._slowest is None or took > self._slowest:
+            self._slowest = took
+
+    def _send(self, claim: Claim, outgoing: Outgoing) -> str | SendError:
+        """One provider call: its id, or the SendError to record (unexpected errors too)."""
+        channel = self.channels[claim.channel]
+        started = self.clock()
+        try:
+            return metrics.timed_send(channel, outgoing)
+        except SendError as exc:
+            return exc
+        except Exception as exc:
+            # A bug or an unexpected library error: keep the message, retry later. Only the
+            # type is logged at INFO and above; its text may carry an address.
+            log.error("message %s: unexpected %s from channel %s", claim.message_id,
+                      type(exc).__name__, channel.name)
+            log.debug("message %s: channel error detail", claim.message_id, exc_info=True)
+            return SendError(repr(exc), permanent=False)
+        finally:
+            self._note_send(self.clock() - started)
+
+    def _prepare_group(self, group: list[Claim], sent: list[_Sent],
+                       count: Callable[[str | None], None]) -> list[tuple[Claim, Outgoing]]:
+        """One transaction: write the sends before it, then check, render and renew each
+        claim of `group` (their patients, courses and sessions read together). Returns the
+        messages to send; counts the ones that end here."""
+        ready: list[tuple[Claim, Outgoing]] = []
+        ended: list[str | None] = []
+        with DbSession(self.engine) as db:
+            self._write_sent(db, sent)
+            held = _held_many(db, group)
+            loaded = _load(db, list(held.values()))
+            for claim in group:
+                message = held.get(claim.message_id)
+                if message is None:
+                    ended.append(None)
+                    continue
+                now = self.clock()
+                outcome = self._prepare(db, message, now, loaded)
+                if isinstance(outcome, str):
+                    _settle(message, outcome, now)
+                    db.add(message)
+                    log.debug("message %s (%s/%s): %s", message.id, message.step,
+                              message.channel, outcome)
+                    ended.append(outcome)
+                    continue
+                message.claimed_at = now  # renewed: the lease covers this send
+                db.add(message)
+                ready.append((claim, outcome))
+            db.commit()
+        for _ in range(_recorded(sent)):
+            count("sent")
+        for ending in ended:
+            count(ending)
+        return ready
+
+    def _write_sent(self, db: DbSession, sent: list[_Sent]) -> None:
+        """Record the sends in `sent` in the caller's transaction (compare-and-swap each);
+        the caller reports them (`_recorded`) once it committed."""
+        # Core statements on the session's connection: the ORM's UPDATE would compare each
+        # against every row the transaction loaded.
+        connection = db.connection() if sent else None
+        for item in sent:
+            assert connection is not None
+            result = connection.execute(_RECORD_SENT, {
+                "b_id": item.claim.message_id, "b_token": item.claim.token, "b_at": item.at,
+                "b_provider_id": item.provider_id})
+            if result.rowcount != 1:
+                log.warning("message %s was sent but its claim had been taken over",
+                            item.claim.message_id)
+
+    def _write_sent_safely(self, sent: list[_Sent]) -> int:
+        """`_write_sent` in its own transaction: how many were written (errors leave the
+        claims to recovery, as any outcome that could not be recorded)."""
+        if not sent:
+            return 0
+        try:
+            with DbSession(self.engine) as db:
+                self._write_sent(db, sent)
+                db.commit()
+            return _recorded(sent)
+        except Exception as exc:
+            log.error("messages %s: sent, but recording it failed (%s); recovery will "
+                      "settle them", [item.claim.message_id for item in sent],
+                      type(exc).__name__)
+            return 0
+
+    def claim(self, limit: int, *, sent: list[_Sent] | None = None) -> list[Claim]:
         """Mark up to `limit` due rows as sending under a new token, committed before any
-        network call."""
+        network call (with the sends in `sent`, recorded in the same transaction)."""
         now, token = self.clock(), uuid.uuid4().hex
         with self._lock:
             self._live.add(token)
         try:
-            claims = self._claim(now, token, limit)
+            claims = self._claim(now, token, limit, sent or [])
         except BaseException:
             # Whether or not the commit reached the database, no pass will end this claim:
             # its rows (if any) are left to recovery after their lease.
@@ -136,12 +321,14 @@ class Dispatcher:
                 self._live.discard(token)
         return claims
 
-    def _claim(self, now: datetime, token: str, limit: int) -> list[Claim]:
+    def _claim(self, now: datetime, token: str, limit: int,
+               sent: list[_Sent]) -> list[Claim]:
         with DbSession(self.engine) as db:
+            self._write_sent(db, sent)
             # SKIP LOCKED lets several daemons share PostgreSQL without claiming the same row;
             # SQLite ignores it and relies on BEGIN IMMEDIATE (one writer at a time).
             rows = db.exec(
-                select(Message.id, Message.channel)
+                select(Message.id, Message.channel, Message.patient_id)
                 .where(Message.status == MessageStatus.PENDING, Message.send_after <= now)
                 .order_by(col(Message.send_after), col(Message.id))
                 .limit(limit)
@@ -160,8 +347,8 @@ class Dispatcher:
                         .values(status=MessageStatus.SENDING, claim_token=token, claimed_at=now,
                                 attempts=Message.attempts + 1, updated_at=now))
             db.commit()
-        return [Claim(message_id, token, channel) for message_id, channel in rows
-                if message_id is not None]
+        return [Claim(message_id, token, channel, patient_id)
+                for message_id, channel, patient_id in rows if message_id is not None]
 
     def process(self, claim: Claim) -> str | None:
         """Check, render and send one claimed message; the outcome's name, or None when the
@@ -174,10 +361,7 @@ class Dispatcher:
                 return None
             outcome = self._prepare(db, message, now)
             if isinstance(outcome, str):
-                if outcome in ("deferred", "expired", "cancelled"):
-                    message.attempts -= 1  # nothing was attempted
-                message.claim_token = message.claimed_at = None
-                message.updated_at = now
+                _settle(message, outcome, now)
                 db.add(message)
                 db.commit()
                 log.debug("message %s (%s/%s): %s", message.id, message.step, message.channel,
@@ -187,23 +371,11 @@ class Dispatcher:
             message.claimed_at = now
             db.add(message)
             db.commit()  # end the transaction before the network call: SQLite must not stay locked
-        channel = self.channels[claim.channel]
-        failure: SendError | None = None
+        result = self._send(claim, outcome)
         try:
-            provider_id = metrics.timed_send(channel, outcome)
-        except SendError as exc:
-            failure = exc
-        except Exception as exc:
-            # A bug or an unexpected library error: keep the message, retry later. Only the
-            # type is logged at INFO and above; its text may carry an address.
-            log.error("message %s: unexpected %s from channel %s", claim.message_id,
-                      type(exc).__name__, channel.name)
-            log.debug("message %s: channel error detail", claim.message_id, exc_info=True)
-            failure = SendError(repr(exc), permanent=False)
-        try:
-            if failure is None:
-                return self._record_sent(claim, provider_id)
-            return self._record_failure(claim, failure)
+            if isinstance(result, str):
+                return self._record_sent(claim, result)
+            return self._record_failure(claim, result)
         except Exception as exc:
             # The send happened (or was tried) but its outcome could not be recorded:
             # retrying now could send it twice. The claim stays; after its lease, recovery
@@ -228,14 +400,25 @@ class Dispatcher:
                 log.error("message %s: cannot record the error either", claim.message_id)
                 return None
 
-    def _prepare(self, db: DbSession, message: Message, now: datetime) -> Outgoing | str:
-        """The message rendered and addressed, or the outcome that replaces sending it."""
-        patient = _patient_locked(db, message)
-        course = db.get(Course, message.course_id)
-        session = db.get(Session, message.session_id)
+    def _prepare(self, db: DbSession, message: Message, now: datetime,
+                 loaded: _Loaded | None = None) -> Outgoing | str:
+        """The message rendered and addressed, or the outcome that replaces sending it.
+
+        `loaded`: its patient (locked), course and sessions read beforehand with others'.
+        """
+        sessions: list[Session] | None = None
+        if loaded is None:
+            patient = _patient_locked(db, message)
+            course = db.get(Course, message.course_id)
+            session = db.get(Session, message.session_id)
+        else:
+            patient = loaded.patients[message.patient_id]
+            course = loaded.courses.get(message.course_id)
+            sessions = loaded.sessions.get(message.course_id, [])
+            session = next((s for s in sessions if s.id == message.session_id), None)
         assert patient is not None and course is not None and session is not None
         planner = Planner.from_settings(self.settings, self.protocols, self.clock)
-        reason = why_unwanted(db, planner, message, patient, course, session)
+        reason = why_unwanted(db, planner, message, patient, course, session, sessions=sessions)
         if reason is not None:
             message.status, message.last_error = MessageStatus.CANCELLED, reason[:500]
             db.add(message)
@@ -256,8 +439,10 @@ class Dispatcher:
         if allowed > now:
             message.status, message.send_after = MessageStatus.PENDING, allowed
             return "deferred"
+        from jinja2 import TemplateError  # here, not at import: an idle pass renders nothing
+
         try:
-            rendered = self._render(db, message, patient, course, session)
+            rendered = self._render(db, message, patient, course, session, loaded)
         except (TemplateError, UserError) as exc:
             message.status, message.last_error = MessageStatus.FAILED, f"cannot render: {exc}"[:500]
             log.error("message %s: cannot render %s/%s: %s", message.id, message.step,
@@ -273,22 +458,32 @@ class Dispatcher:
                         html=rendered.html, at=now, patient_id=patient.id)
 
     def _render(self, db: DbSession, message: Message, patient: Patient, course: Course,
-                session: Session) -> Rendered:
+                session: Session, loaded: _Loaded | None = None) -> Rendered:
         protocol = self.protocols.get(course.treatment)
         step = protocol.step(message.step)
+
+        def neighbour(status: str, later: bool) -> Session | None:
+            if loaded is None:
+                return neighbour_session(db, session, status, later=later)
+            return _neighbour(loaded.sessions[course.id or 0], session, status, later=later)
+
         # Aftercare, nudges and maintenance are anchored on a completed session already.
         done: Session | None = session
         next_session: Session | None = None
         if step.anchor == "next_session":
-            done = neighbour_session(db, session, SessionStatus.COMPLETED, later=False)
+            done = neighbour(SessionStatus.COMPLETED, later=False)
             # A reminder of a booked session speaks of it and of the last session done.
             next_session, session = session, done or session
         elif step.anchor == "session":
-            next_session = neighbour_session(db, session, SessionStatus.BOOKED, later=True)
-        first_sms = message.channel == "sms" and db.exec(
-            select(Message.id).where(Message.patient_id == patient.id, Message.channel == "sms",
-                                     col(Message.status).in_(ACCEPTED)).limit(1)
-        ).first() is None
+            next_session = neighbour(SessionStatus.BOOKED, later=True)
+        if loaded is not None:
+            first_sms = message.channel == "sms" and patient.id not in loaded.had_sms
+        else:
+            first_sms = message.channel == "sms" and db.exec(
+                select(Message.id).where(Message.patient_id == patient.id,
+                                         Message.channel == "sms",
+                                         col(Message.status).in_(ACCEPTED)).limit(1)
+            ).first() is None
         context = message_context(self.settings.clinic, patient, protocol, course, session,
                                   next_session, first_sms=first_sms, first_visit=done is None,
                                   occurrence=message.occurrence)
@@ -339,6 +534,8 @@ class Dispatcher:
                     message.status = MessageStatus.FAILED
             db.add(message)
             if exc.consequence:
+                from aftercare.patients import close_route  # rare: keep it off the start
+
                 patient = _patient_locked(db, message)
                 planner = Planner.from_settings(self.settings, self.protocols, self.clock)
                 close_route(db, planner, patient, exc.consequence,
@@ -448,6 +645,70 @@ def _held(db: DbSession, claim: Claim) -> Message | None:
     return message
 
 
+def _recorded(sent: list[_Sent]) -> int:
+    """Report sends whose record was committed (log, metrics); how many."""
+    for item in sent:
+        log.debug("message %s (%s): sent", item.claim.message_id, item.claim.channel)
+        metrics.count_send(item.claim.channel, "sent")
+    return len(sent)
+
+
+def _held_many(db: DbSession, claims: list[Claim]) -> dict[int, Message]:
+    """`_held` for a group of claims, in one query: the rows still held, by id."""
+    by_id = {claim.message_id: claim for claim in claims}
+    rows = db.exec(select(Message).where(col(Message.id).in_(list(by_id)))
+                   .order_by(col(Message.id)).with_for_update()
+                   .execution_options(populate_existing=True)).all()
+    held: dict[int, Message] = {}
+    for message in rows:
+        claim = by_id[message.id or 0]
+        if message.status == MessageStatus.SENDING and message.claim_token == claim.token:
+            held[claim.message_id] = message
+    for claim in claims:
+        if claim.message_id not in held:
+            log.warning("message %s: claim taken over by another sender; left to it",
+                        claim.message_id)
+    return held
+
+
+def _load(db: DbSession, messages: list[Message]) -> _Loaded:
+    """The patients (locked, in id order, read afresh), courses, sessions and past SMS of
+    `messages`, in four queries whatever their number."""
+    patient_ids = sorted({m.patient_id for m in messages})
+    course_ids = sorted({m.course_id for m in messages})
+    patients = {p.id or 0: p for p in db.exec(
+        select(Patient).where(col(Patient.id).in_(patient_ids)).order_by(col(Patient.id))
+        .with_for_update().execution_options(populate_existing=True)).all()}
+    courses = {c.id or 0: c for c in db.exec(
+        select(Course).where(col(Course.id).in_(course_ids))).all()}
+    sessions: dict[int, list[Session]] = {course_id: [] for course_id in course_ids}
+    # The order of `sessions_of`: the plan's rule reads a course's sessions in time order.
+    for session in db.exec(select(Session).where(col(Session.course_id).in_(course_ids))
+                           .order_by(col(Session.at), col(Session.id))).all():
+        sessions[session.course_id].append(session)
+    had_sms = set(db.exec(select(Message.patient_id).distinct().where(
+        col(Message.patient_id).in_(patient_ids), Message.channel == "sms",
+        col(Message.status).in_(ACCEPTED))).all())
+    return _Loaded(patients, courses, sessions, had_sms)
+
+
+def _neighbour(sessions: list[Session], session: Session, status: str, *,
+               later: bool) -> Session | None:
+    """`queries.neighbour_session` on a course's sessions already read (in time order)."""
+    if later:
+        return next((s for s in sessions if s.status == status and s.at > session.at), None)
+    return next((s for s in reversed(sessions) if s.status == status and s.at < session.at),
+                None)
+
+
+def _settle(message: Message, outcome: str, now: datetime) -> None:
+    """A claim that ends without a send: given back, its attempt too unless it failed."""
+    if outcome in ("deferred", "expired", "cancelled"):
+        message.attempts -= 1  # nothing was attempted
+    message.claim_token = message.claimed_at = None
+    message.updated_at = now
+
+
 def _patient_locked(db: DbSession, message: Message) -> Patient:
     """The message's patient, locked and read afresh before any decision that may re-plan.
 
@@ -459,6 +720,20 @@ def _patient_locked(db: DbSession, message: Message) -> Patient:
     patient = db.get(Patient, message.patient_id, with_for_update=True, populate_existing=True)
     assert patient is not None
     return patient
+
+
+_table = Message.__table__  # type: ignore[attr-defined]
+# `_guarded` for many rows: one statement, compiled once, each send's values bound to it.
+_RECORD_SENT = (update(Message)
+                .where(col(Message.id) == bindparam("b_id", type_=_table.c.id.type),
+                       col(Message.status) == MessageStatus.SENDING,
+                       col(Message.claim_token) == bindparam("b_token",
+                                                             type_=_table.c.claim_token.type))
+                .values(status=MessageStatus.SENT,
+                        sent_at=bindparam("b_at", type_=_table.c.sent_at.type),
+                        provider_id=bindparam("b_provider_id", type_=_table.c.provider_id.type),
+                        last_error=None, claim_token=None,
+                        updated_at=bindparam("b_at", type_=_table.c.updated_at.type)))
 
 
 def _guarded(claim: Claim) -> Update:

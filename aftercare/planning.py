@@ -9,7 +9,7 @@ applies and revives what applies again. Rows already sent, failed or expired nev
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -96,13 +96,6 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
     patient = db.get(Patient, course.patient_id)
     assert patient is not None
     sessions = sessions_of(db, course)
-    protocol = planner.protocols.get(course.treatment)
-    _settle_status(course, sessions)
-    db.add(course)
-    wants: dict[Key, _Want] = {}
-    if _closed(course, patient) is None:
-        wants = {(w.session.id or 0, w.step.key, w.occurrence, w.channel): w
-                 for w in _wanted(planner, protocol, course, patient, sessions)}
     # Only rows this may change are locked, in id order, so that a dispatcher on
     # PostgreSQL (SKIP LOCKED) cannot claim one meanwhile, and two replans (or a replan
     # beside a dispatcher holding its own `sending` row) take locks in one order and never
@@ -116,6 +109,27 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
         .execution_options(populate_existing=True)).all()}
     rows = {(m.session_id, m.step, m.occurrence, m.channel): m for m in db.exec(
         select(Message).where(Message.course_id == course.id)).all()}
+    changes = _reconcile(planner, course, patient, sessions, rows, locked, reason, now)
+    db.add(course)
+    for row in (*changes.created, *changes.moved, *changes.revived, *changes.cancelled):
+        db.add(row)
+    db.flush()
+    _record(db, course, changes, reason, now)
+    return changes
+
+
+def _reconcile(planner: Planner, course: Course, patient: Patient, sessions: list[Session],
+               rows: dict[Key, Message], locked: set[int | None], reason: str,
+               now: datetime, make: Callable[..., Message] = Message) -> PlanChanges:
+    """The heart of `replan` on rows already read: changes `rows` (and the course's status)
+    in memory and returns what it did; new rows (built by `make`) are in `created`, not
+    yet stored."""
+    protocol = planner.protocols.get(course.treatment)
+    _settle_status(course, sessions)
+    wants: dict[Key, _Want] = {}
+    if _closed(course, patient) is None:
+        wants = {(w.session.id or 0, w.step.key, w.occurrence, w.channel): w
+                 for w in _wanted(planner, protocol, course, patient, sessions)}
     _follow_moves(rows, sessions, protocol, locked)
     tz = zone(patient.timezone)
     changes = PlanChanges()
@@ -132,12 +146,12 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
                 continue  # its time has passed: planned late, it would only be noise
             # All three are in the database already (loaded or flushed): their ids are set.
             assert patient.id is not None and course.id is not None and want.session.id is not None
-            row = Message(patient_id=patient.id, course_id=course.id,
-                          session_id=want.session.id, step=want.step.key,
-                          occurrence=want.occurrence, channel=want.channel,
-                          status=MessageStatus.PENDING, planned_at=want.planned_at,
-                          send_after=window[0], expires_at=window[1], created_at=now,
-                          updated_at=now)
+            row = make(patient_id=patient.id, course_id=course.id,
+                       session_id=want.session.id, step=want.step.key,
+                       occurrence=want.occurrence, channel=want.channel,
+                       status=MessageStatus.PENDING, planned_at=want.planned_at,
+                       send_after=window[0], expires_at=window[1], created_at=now,
+                       updated_at=now)
             changes.created.append(row)
         elif row.status == MessageStatus.PENDING and row.planned_at != want.planned_at:
             if window is None:
@@ -153,14 +167,10 @@ def replan(db: DbSession, planner: Planner, course: Course, reason: str) -> Plan
         else:
             continue
         row.updated_at = now
-        db.add(row)
     for key, row in rows.items():
         if row.status == MessageStatus.PENDING and key not in wants and row.id in locked:
             _cancel(row, reason, now)
-            db.add(row)
             changes.cancelled.append(row)
-    db.flush()
-    _record(db, course, changes, reason, now)
     return changes
 
 
@@ -241,9 +251,13 @@ def superseded(step: Step, session: Session, sessions: Iterable[Session]) -> boo
 
 
 def why_unwanted(db: DbSession, planner: Planner, message: Message, patient: Patient,
-                 course: Course, session: Session) -> str | None:
+                 course: Course, session: Session, *,
+                 sessions: list[Session] | None = None) -> str | None:
     """Why the plan no longer wants `message` sent, or None: the very rule of `replan`
-    (`_wanted`), asked again at send time for a row claimed before a change reached it."""
+    (`_wanted`), asked again at send time for a row claimed before a change reached it.
+
+    `sessions`: the course's sessions in time order, when the caller read them already.
+    """
     closed = _closed(course, patient)
     if closed is not None:
         return closed
@@ -256,7 +270,8 @@ def why_unwanted(db: DbSession, planner: Planner, message: Message, patient: Pat
         step = protocol.step(message.step)
     except (UserError, KeyError):
         return f"step {message.step} is no longer in the {course.treatment} protocol"
-    sessions = sessions_of(db, course)
+    if sessions is None:
+        sessions = sessions_of(db, course)
     key = (message.session_id, message.step, message.occurrence, message.channel)
     if any(key == (w.session.id, w.step.key, w.occurrence, w.channel)
            for w in _wanted(planner, protocol, course, patient, sessions)):
@@ -314,11 +329,40 @@ def _cancel(row: Message, reason: str, now: datetime) -> None:
 
 def _record(db: DbSession, course: Course, changes: PlanChanges, reason: str,
             now: datetime) -> None:
+    for kind, detail, session_id, message_id in plan_events(course, changes, reason):
+        record(db, now, kind, course.patient_id, detail, course_id=course.id,
+               session_id=session_id, message_id=message_id)
+
+
+def plan_events(course: Course, changes: PlanChanges,
+                reason: str) -> list[tuple[str, str, int | None, int | None]]:
+    """The history of one `replan`: (kind, detail, session id, message id), in order."""
+    events: list[tuple[str, str, int | None, int | None]] = []
     for kind, rows in (("message.moved", changes.moved), ("message.cancelled", changes.cancelled),
                        ("message.revived", changes.revived)):
-        for row in rows:
-            record(db, now, kind, course.patient_id, f"{row.step}/{row.channel}: {reason}",
-                   course_id=course.id, session_id=row.session_id, message_id=row.id)
+        events.extend((kind, f"{row.step}/{row.channel}: {reason}", row.session_id, row.id)
+                      for row in rows)
     if changes.created:
-        record(db, now, "messages.planned", course.patient_id,
-               f"{len(changes.created)} planned: {reason}", course_id=course.id)
+        events.append(("messages.planned", f"{len(changes.created)} planned: {reason}", None,
+                       None))
+    return events
+
+
+# --- planning rows already loaded (bulk import) ----------------------------------------
+# The same rule as `replan` (`_reconcile`), for a caller that read a batch of courses with
+# their sessions and messages in a few queries and writes the result in bulk.
+
+
+def replan_loaded(planner: Planner, course: Course, patient: Patient, sessions: list[Session],
+                  messages: list[Message], reason: str,
+                  make: Callable[..., Message] = Message) -> PlanChanges:
+    """`replan` on a course's rows read beforehand (`messages`: all of the course's, ids
+    set); changes them in memory. The caller stores `created` and the changed rows, and
+    records `plan_events`; `make` builds the new rows. On SQLite the caller's BEGIN
+    IMMEDIATE is the lock `replan` takes; elsewhere the caller locks the course's pending
+    and cancelled rows first."""
+    ordered = sorted(messages, key=lambda m: m.id or 0)
+    rows = {(m.session_id, m.step, m.occurrence, m.channel): m for m in ordered}
+    locked = {m.id for m in ordered if m.status in CHANGEABLE}
+    return _reconcile(planner, course, patient, sessions, rows, locked, reason,
+                      planner.clock(), make)

@@ -5,18 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-from babel.dates import format_date, format_time
-from jinja2 import (
-    Environment,
-    FileSystemLoader,
-    PrefixLoader,
-    StrictUndefined,
-    Template,
-    TemplateNotFound,
-)
+from typing import TYPE_CHECKING, Any
 
 from aftercare.clock import zone
 from aftercare.config import ClinicConfig
@@ -24,6 +15,9 @@ from aftercare.models import Course, Patient, Session
 from aftercare.protocols import Protocol
 from aftercare.resources import data_dir
 from aftercare.segments import to_gsm7
+
+if TYPE_CHECKING:
+    from jinja2 import Environment, Template
 
 # Babel/CLDR put narrow and plain no-break spaces in times ("10:00\u202fAM"); either one
 # silently turns a whole SMS into UCS-2, halving what fits in a segment.
@@ -44,12 +38,33 @@ class Renderer:
 
     def __init__(self, folders: list[Path] | None = None) -> None:
         self.folders = [*(folders or []), data_dir("templates")]
+        # (html, locale, protocol, step, kind) -> the template found for it: rendering a
+        # message then costs one check that its file did not change, not a search through
+        # every folder (most names tried do not exist, and misses are not cached by Jinja).
+        self._found: dict[tuple[bool, str, str, str, str], Template] = {}
+
+    # Jinja (and its loaders) are built on first use: a command that renders nothing does
+    # not pay for importing them.
+    @cached_property
+    def _loader(self) -> Any:
+        from jinja2 import FileSystemLoader, PrefixLoader
+
         # One prefix per folder, so a clinic's file wins over every packaged one, even a
         # packaged per-protocol file over the clinic's per-step file.
-        loader = PrefixLoader({str(i): FileSystemLoader(str(folder))
-                               for i, folder in enumerate(self.folders)})
-        self._text = Environment(loader=loader, undefined=StrictUndefined, autoescape=False)
-        self._html = Environment(loader=loader, undefined=StrictUndefined, autoescape=True)
+        return PrefixLoader({str(i): FileSystemLoader(str(folder))
+                             for i, folder in enumerate(self.folders)})
+
+    @cached_property
+    def _text(self) -> Environment:
+        from jinja2 import Environment, StrictUndefined
+
+        return Environment(loader=self._loader, undefined=StrictUndefined, autoescape=False)
+
+    @cached_property
+    def _html(self) -> Environment:
+        from jinja2 import Environment, StrictUndefined
+
+        return Environment(loader=self._loader, undefined=StrictUndefined, autoescape=True)
 
     def locales(self) -> tuple[str, ...]:
         """Locales that have a template folder."""
@@ -66,8 +81,13 @@ class Renderer:
     def template(self, locale: str, protocol: str, step: str, kind: str,
                  html: bool = False) -> Template:
         """The template for one part of a message; raises TemplatesNotFound if none exists."""
-        env = self._html if html else self._text
-        return env.select_template(self.names(locale, protocol, step, kind))
+        key = (html, locale, protocol, step, kind)
+        found = self._found.get(key)
+        if found is None or not found.is_up_to_date:
+            env = self._html if html else self._text
+            found = self._found[key] = env.select_template(self.names(locale, protocol, step,
+                                                                      kind))
+        return found
 
     def layout(self, locale: str) -> Template:
         """The HTML layout every email of `locale` is poured into (autoescaped)."""
@@ -83,6 +103,8 @@ class Renderer:
 
         if channel == "sms":
             return Rendered(text=to_gsm7(_tidy(part("sms.txt"))))
+        from jinja2 import TemplateNotFound
+
         subject = " ".join(part("subject.txt").split())
         text = _tidy(part("email.txt"))
         try:
@@ -126,6 +148,8 @@ def paragraphs(text: str) -> list[dict[str, Any]]:
 
 
 def _moment(at: datetime, timezone: str, locale: str) -> dict[str, str]:
+    from babel.dates import format_date, format_time  # Babel's CLDR data costs a start ~0.1 s
+
     local = at.astimezone(zone(timezone))
     return {"date": format_date(local, "EEEE d MMMM", locale=locale).translate(_SPACES),
             "time": format_time(local, "short", locale=locale).translate(_SPACES)}

@@ -36,16 +36,19 @@ def _app(folder: Path) -> App:
     return app
 
 
-def _seed(app: App, future: int, due: int) -> None:
-    """One patient with `future` pending rows in the coming year and `due` rows due now.
+_PATIENT = text("INSERT INTO patient (id, name, phone, email, timezone, locale, channels,"
+                " created_at) VALUES (:id, 'Bench', '+12125550123', 'b@example.com',"
+                " 'America/New_York', 'en', 'sms,email', :t)")
 
-    Courses of six sessions, as a clinic's are: the send-time check reads the course.
-    """
+
+def _seed(app: App, future: int, due: int, *, patient_per_course: bool = False) -> None:
+    """`future` pending rows in the coming year and `due` rows due now, in courses of six
+    sessions, as a clinic's are (the send-time check reads the course): all of one patient,
+    or each course its own patient's (`patient_per_course`: due messages of many patients,
+    as a clinic's morning is)."""
     with app.engine.begin() as conn:
         stamp = NOW.replace(tzinfo=None)
-        conn.execute(text("INSERT INTO patient (id, name, phone, email, timezone, locale, channels,"
-                          " created_at) VALUES (1, 'Bench', '+12125550123', 'b@example.com',"
-                          " 'America/New_York', 'en', 'sms,email', :t)"), {"t": stamp})
+        conn.execute(_PATIENT, {"id": 1, "t": stamp})
         rng = random.Random(1)
         courses: list[dict[str, object]] = []
         sessions: list[dict[str, object]] = []
@@ -53,19 +56,27 @@ def _seed(app: App, future: int, due: int) -> None:
         for i in range(future + due):
             if i < due:
                 send_after = stamp - timedelta(minutes=1)
+                if patient_per_course:
+                    # Each patient's first session's message falls due first, then each
+                    # one's second...: the queue's order mixes patients, as a morning's does.
+                    send_after -= timedelta(seconds=6 - i % 6)
             else:
                 send_after = stamp + timedelta(minutes=rng.randint(1, 525_600))
             if i % 6 == 0:
-                courses.append({"id": i // 6 + 1, "t": stamp})
+                patient = i // 6 + 1 if patient_per_course else 1
+                if patient > 1:
+                    conn.execute(_PATIENT, {"id": patient, "t": stamp})
+                courses.append({"id": i // 6 + 1, "patient": patient, "t": stamp})
             # One session per row keeps the (session, step, channel) key unique.
             sessions.append({"id": i + 1, "course": i // 6 + 1, "number": i % 6 + 1,
                              "at": stamp - timedelta(days=7 * (5 - i % 6), seconds=i), "t": stamp})
-            messages.append({"sid": i + 1, "course": i // 6 + 1, "sa": send_after,
+            messages.append({"sid": i + 1, "course": i // 6 + 1,
+                             "patient": i // 6 + 1 if patient_per_course else 1, "sa": send_after,
                              "ex": send_after + timedelta(days=400), "t": stamp})
             if len(messages) == 50_000 or i == future + due - 1:
                 conn.execute(text("INSERT INTO course (id, patient_id, treatment, area,"
                                   " sessions_planned, spacing_days, status, created_at)"
-                                  " VALUES (:id, 1, 'cellulite', '', 6, 7, 'active', :t)"),
+                                  " VALUES (:id, :patient, 'cellulite', '', 6, 7, 'active', :t)"),
                              courses)
                 conn.execute(text("INSERT INTO session (id, course_id, number, number_fixed, at,"
                                   " moves, status, created_at)"
@@ -74,7 +85,7 @@ def _seed(app: App, future: int, due: int) -> None:
                 conn.execute(text(
                     "INSERT INTO message (patient_id, course_id, session_id, step, occurrence,"
                     " channel, status, planned_at, send_after, expires_at, attempts, created_at,"
-                    " updated_at) VALUES (1, :course, :sid, 'first_48h', 0, 'sms', 'pending',"
+                    " updated_at) VALUES (:patient, :course, :sid, 'first_48h', 0, 'sms', 'pending',"
                     " :sa, :sa, :ex, 0, :t, :t)"), messages)
                 courses, sessions, messages = [], [], []
 
@@ -123,17 +134,21 @@ def bench_enroll(patients: int) -> float:
         return patients / elapsed
 
 
-def bench_dispatch(messages: int) -> float:
-    """Messages rendered, sent on the console channel and recorded, per second."""
+def bench_dispatch(messages: int, *, one_patient: bool = False) -> tuple[float, float]:
+    """Messages rendered, sent on the console channel and recorded, per second of wall
+    time and per second of the process's CPU time (a loaded machine inflates the first):
+    due for one patient per course (a clinic's morning), or all for one patient
+    (`one_patient`: every message is judged alone, as no two of one patient share a
+    transaction)."""
     with tempfile.TemporaryDirectory() as folder:
         app = _app(Path(folder))
-        _seed(app, 0, messages)
-        start = time.perf_counter()
+        _seed(app, 0, messages, patient_per_course=not one_patient)
+        start, cpu = time.perf_counter(), time.process_time()
         counts = app.dispatcher().run_once()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         assert counts.sent == messages, counts
         app.engine.dispose()
-        return messages / elapsed
+        return messages / elapsed, messages / cpu
 
 
 def main() -> None:
@@ -152,8 +167,13 @@ def main() -> None:
         print(f"| {size:,} | {median:.2f} | {p95:.2f} |")
     print(f"\nEnrollment: {bench_enroll(args.patients):.0f} patients/s "
           f"({args.patients} patients, 16 messages each)")
-    print(f"Dispatch: {bench_dispatch(args.messages):.0f} messages/s on the console channel "
-          f"({args.messages} due messages, rendered, sent and recorded one by one)")
+    wall, cpu = bench_dispatch(args.messages)
+    print(f"Dispatch: {wall:.0f} messages/s on the console channel ({cpu:.0f} per CPU-second; "
+          f"{args.messages} due messages of {args.messages // 6} patients, rendered, sent and "
+          "recorded)")
+    wall, cpu = bench_dispatch(args.messages, one_patient=True)
+    print(f"Dispatch, every message of one patient: {wall:.0f} messages/s "
+          f"({cpu:.0f} per CPU-second)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"Peak RSS of the benchmark process: {peak:.0f} MiB")
     sys.stdout.flush()

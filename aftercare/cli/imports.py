@@ -22,8 +22,8 @@ from aftercare.csv_import import import_csv
 @with_app
 def import_command(work: Work, path: str, skip_invalid: bool, as_json: bool) -> Shown:
     """Enroll a day's completed sessions from the clinic's system (CSV, one row per session)."""
-    # import_csv runs its own transactions (all or nothing, or row by row with --skip-invalid),
-    # so it takes the App rather than work.db.
+    # import_csv runs its own transactions (all or nothing, or a chunk of rows at a time
+    # with --skip-invalid), so it takes the App rather than work.db.
     app = work.app
     with ExitStack() as progress:
         advance: Callable[[int], None] | None = None

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import click
 
-from aftercare.checks import require_setup
-from aftercare.cli import render, views
 from aftercare.cli.context import Shown, Work, json_option, with_app
 from aftercare.models import MessageStatus
-from aftercare.outbox import list_messages
-from aftercare.patients import find_patient
-from aftercare.queries import patients_by_id, treatments_by_course
 
 
 @click.command()
@@ -21,6 +16,12 @@ from aftercare.queries import patients_by_id, treatments_by_course
 @with_app
 def messages(work: Work, patient_ident: str | None, status: str | None, as_json: bool) -> Shown:
     """What will be sent, and when; what was sent, and what happened to it."""
+    # Imported here: `send-due`, from this module too, runs often and needs none of it.
+    from aftercare.cli import render, views
+    from aftercare.outbox import list_messages
+    from aftercare.patients import find_patient
+    from aftercare.queries import patients_by_id, treatments_by_course
+
     db = work.db
     patient_id = find_patient(db, patient_ident).id if patient_ident else None
     rows = list_messages(db, patient_id=patient_id, status=status)
@@ -37,6 +38,9 @@ def messages(work: Work, patient_ident: str | None, status: str | None, as_json:
 @with_app
 def send_due(work: Work, now_text: str | None, as_json: bool) -> Shown:
     """One dispatch pass: settle interrupted sends, send everything due, then stop."""
+    from aftercare.checks import require_setup
+    from aftercare.cli import render, views
+
     if now_text is not None:
         work.state.use_now(now_text)
     # Offline checks only (no provider contacted): a missing secret must not eat attempts.

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING
 
 from aftercare.app import App
-from aftercare.bookings import Booking
 from aftercare.cli.views import DispatchCountsJson, EventJson, PatientJson, ProtocolJson
 from aftercare.clock import zone
-from aftercare.enrollment import Enrollment
 from aftercare.models import Course, Message, Patient, Reply, Session
 from aftercare.planning import PlanChanges
 from aftercare.preview import PreviewItem
 from aftercare.protocols import ProtocolBook
 from aftercare.segments import budget, measure, name_of
 from aftercare.timeline import Entry, step_label
+
+if TYPE_CHECKING:  # annotations only: `send-due` prints through here and plans nothing
+    from aftercare.bookings import Booking
+    from aftercare.enrollment import Enrollment
 
 
 def database_ready(url: str, before: str | None, after: str) -> str:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from aftercare.clock import iso
-from aftercare.csv_import import ImportReport
 from aftercare.dispatch import DispatchCounts
-from aftercare.enrollment import Enrollment
 from aftercare.models import Course, Event, Message, Notice, Patient, Reply, Session, StaffUser
 from aftercare.protocols import CHANNELS, Protocol, describe_timing
 from aftercare.timeline import Entry
+
+if TYPE_CHECKING:  # annotations only: `send-due` prints through here and plans nothing
+    from aftercare.csv_import import ImportReport
+    from aftercare.enrollment import Enrollment
 
 
 class PatientRefJson(TypedDict):
