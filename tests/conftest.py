@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -20,8 +21,10 @@ from aftercare.clock import system_clock
 from aftercare.db import migrate
 from aftercare.dispatch import DispatchCounts, Dispatcher
 
-if TYPE_CHECKING:  # for annotations only: the fixture imports the fake when it runs
+if TYPE_CHECKING:  # for annotations only: the fixtures import these when they run
     from fakes.twilio import FakeTwilio
+
+    from pg_kit import Server
 
 CONFIG = """\
 [clinic]
@@ -45,13 +48,21 @@ lease_seconds = 300
 """
 
 
+SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores a DateTime in SQLite
+
+
 @dataclass
 class Clinic:
     """A configured clinic in a temporary folder, driven through the real CLI."""
 
     folder: Path
     config: Path
-    db_path: Path
+    db_path: Path  # SQLite's file (none on PostgreSQL)
+    url: str = ""  # the database URL
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.url.startswith("postgresql") else "sqlite"
 
     def run(self, *args: str, input: str | None = None) -> Result:
         return CliRunner().invoke(cli, ["--config", str(self.config), *args], obj={}, input=input)
@@ -62,6 +73,19 @@ class Clinic:
         return json.loads(result.stdout)
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """The rows of one query, read with the backend's own driver (not aftercare's code);
+        times come as SQLite stores them on both backends, so one expectation fits both."""
+        if self.backend == "postgresql":
+            import psycopg
+
+            def plain(value: Any) -> Any:
+                return value.strftime(SQLITE_TIME) if isinstance(value, datetime) else value
+
+            with psycopg.connect(self.url.replace("postgresql+psycopg", "postgresql")) as pg:
+                cursor = pg.execute(sql)
+                if cursor.description is None:  # a write: the test prepares a state
+                    return []
+                return [tuple(map(plain, row)) for row in cursor.fetchall()]
         with sqlite3.connect(self.db_path) as conn:
             return conn.execute(sql).fetchall()
 
@@ -84,18 +108,88 @@ def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
                                                          parallelism=1))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends: run this module's or test's `clinic` on SQLite and PostgreSQL")
+    config.addinivalue_line("markers", "sqlite_only: SQLite behaviour (files, WAL, pysqlite)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `backends` run once per database; the others on SQLite alone."""
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("backends") \
+            and not metafunc.definition.get_closest_marker("sqlite_only"):
+        metafunc.parametrize("backend", ["sqlite", "postgresql"])
+
+
 @pytest.fixture
-def clinic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Clinic:
+def backend() -> str:
+    """The database the test's clinic uses (see `pytest_generate_tests`)."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Server]:
+    """The PostgreSQL server of this run: CI's, or one started here (skipped if none can)."""
+    from pg_kit import ENV_REQUIRE, ENV_URL, NoServer, Server, cluster
+
+    given = os.environ.get(ENV_URL)
+    if given:
+        server = Server(given)
+        yield server
+        server.close()
+        return
+    try:
+        with cluster() as url:
+            server = Server(url)
+            yield server
+            server.close()
+    except NoServer as exc:
+        if os.environ.get(ENV_REQUIRE) == "1":
+            pytest.fail(f"PostgreSQL is required here ({ENV_REQUIRE}=1) but {exc}")
+        pytest.skip(f"PostgreSQL tests need a server: {exc}")
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: Server) -> str:
+    """A database at this release's schema, copied for each test (migrating costs seconds)."""
+    from aftercare.db import make_engine
+
+    url = postgres_server.create()
+    engine = make_engine(url)
+    migrate(engine)
+    engine.dispose()  # a template must have no connections
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Server) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (dropped afterwards)."""
+    url = postgres_server.create()
+    yield url
+    postgres_server.drop(url)
+
+
+@pytest.fixture
+def clinic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str,
+           request: pytest.FixtureRequest) -> Iterator[Clinic]:
     """A clinic whose database is initialised; the working directory is a temp folder."""
     monkeypatch.chdir(tmp_path)
     for name in ("AFTERCARE_CONFIG", "AFTERCARE_DATABASE__URL"):
         monkeypatch.delenv(name, raising=False)
     db_path = tmp_path / "clinic.db"
     config = tmp_path / "aftercare.toml"
-    config.write_text(CONFIG.format(db=db_path), encoding="utf-8")
-    made = Clinic(tmp_path, config, db_path)
-    migrate(made.app().engine)
-    return made
+    if backend == "sqlite":
+        url = f"sqlite:///{db_path}"
+        config.write_text(CONFIG.format(db=db_path), encoding="utf-8")
+        made = Clinic(tmp_path, config, db_path, url)
+        migrate(made.app().engine)
+        yield made
+        return
+    server: Server = request.getfixturevalue("postgres_server")
+    url = server.create_from(request.getfixturevalue("postgres_template"))
+    config.write_text(CONFIG.replace('"sqlite:///{db}"', json.dumps(url)), encoding="utf-8")
+    yield Clinic(tmp_path, config, db_path, url)
+    server.drop(url)
 
 
 class FixedClock:

@@ -8,6 +8,8 @@ import pytest
 
 from conftest import Clinic, run_at, utc
 
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
+
 NOW = "2026-06-01T11:00-04:00"
 
 

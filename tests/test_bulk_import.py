@@ -19,6 +19,8 @@ from aftercare.csv_import import ImportReport, import_csv
 from aftercare.db import migrate
 from conftest import CONFIG, Clinic, FixedClock, utc
 
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
+
 NOW = "2026-03-02T18:00-05:00"
 HEADER = ("ref,name,phone,email,timezone,locale,channels,treatment,area,session_at,"
           "session_number,next_session_at")

@@ -19,6 +19,8 @@ from aftercare.channels import Channel, Outgoing
 from aftercare.dispatch import Dispatcher
 from conftest import Clinic, FixedClock, utc
 
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
+
 SESSION = utc("2026-03-02T10:30-05:00")
 DUE = SESSION + timedelta(hours=1)  # first_48h is due on sms and email
 WAIT = 20  # seconds a test thread may take before the test gives up (never reached when green)

@@ -12,6 +12,8 @@ from aftercare import replies
 from conftest import Clinic
 from console_kit import EMAILS, Console, console
 
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
+
 __all__ = ["console"]
 
 PHONE = "+12125550123"

@@ -10,6 +10,8 @@ import pytest
 from conftest import Clinic, utc
 from console_kit import Console, console
 
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
+
 __all__ = ["console"]
 
 
@@ -22,7 +24,7 @@ def _shown(html: str) -> list[int]:
     return [int(n) for n in re.findall(r'<tr id="message-(\d+)">', html)]
 
 
-def _ids(clinic: Clinic, where: str = "1", order: str = "id DESC") -> list[int]:
+def _ids(clinic: Clinic, where: str = "TRUE", order: str = "id DESC") -> list[int]:
     return [i for (i,) in clinic.rows(f"SELECT id FROM message WHERE {where} ORDER BY {order}")]
 
 

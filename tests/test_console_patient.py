@@ -4,7 +4,6 @@ timeline, the conversation with its reply box, the history, and forget."""
 from __future__ import annotations
 
 import re
-import sqlite3
 from datetime import timedelta
 
 import pytest
@@ -17,6 +16,8 @@ from aftercare.notices import queue_staff_reply
 from aftercare.replies import Incoming, settle, store
 from conftest import Clinic
 from console_kit import EMAILS, Console, console
+
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
 
 __all__ = ["console"]
 
@@ -152,8 +153,7 @@ def test_bad_consent_changes_nothing(jane: Console, clinic: Clinic) -> None:
 
 
 def test_an_invalid_number_shows_why_sms_is_closed(jane: Console, clinic: Clinic) -> None:
-    with sqlite3.connect(clinic.db_path) as conn:
-        conn.execute("UPDATE patient SET phone_invalid_at = '2026-11-30 15:00:00.000000'")
+    clinic.rows("UPDATE patient SET phone_invalid_at = '2026-11-30 15:00:00.000000'")
     jane.sign_in("frontdesk")
     page = jane.get("/patients/1").text
     assert "The number was reported invalid on 30 Nov 2026, 10:00 EST." in page

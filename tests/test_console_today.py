@@ -14,6 +14,8 @@ from aftercare.worklist import Remedy, clinic_day, day_of, remedy
 from conftest import Clinic, utc
 from console_kit import Console, console
 
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
+
 __all__ = ["console"]
 
 PHONE = "+12125550123"

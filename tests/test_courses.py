@@ -14,8 +14,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from aftercare.outbox import next_due
 from conftest import Clinic, FixedClock, run_at
+
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
 
 NEW_YORK = ZoneInfo("America/New_York")
 AFTERCARE = (("11:30", 0, "first_48h"), ("14:30", 0, "arnica"), ("10:00", 1, "activity"),

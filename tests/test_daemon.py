@@ -13,9 +13,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from aftercare.channels import Channel, Outgoing
 from aftercare.daemon import run_daemon
 from conftest import Clinic, midday_zone
+
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
 
 DEADLINE = 20.0  # generous: waits end as soon as the awaited effect is seen
 

@@ -9,6 +9,8 @@ import pytest
 from aftercare.protocols import ProtocolBook
 from conftest import Clinic, utc
 
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
+
 # Saturday 7 March 2026, 10:30 in New York; DST starts Sunday 8 March at 02:00.
 SESSION = "2026-03-07T10:30"
 NOW = "2026-03-07T11:00-05:00"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from aftercare.replies import Incoming, settle, store
 from conftest import Clinic
+
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
 
 
 def test_cli_changes_are_recorded_as_cli_and_a_stop_as_the_service(clinic: Clinic) -> None:

@@ -14,6 +14,8 @@ from aftercare.csv_import import ImportReport, RowProblem, import_csv
 from aftercare.db import migrate
 from conftest import CONFIG, Clinic, utc
 
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
+
 # Monday 2 March 2026, 18:00 in New York: the end of the clinic's day.
 NOW = "2026-03-02T18:00-05:00"
 HEADER = ("ref,name,phone,email,timezone,locale,channels,treatment,area,session_at,"

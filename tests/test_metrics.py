@@ -29,6 +29,8 @@ from aftercare.web import create_app
 from conftest import Clinic, FixedClock, midday_zone
 from webhook_kit import PHONE, PUBLIC, SESSION, TOKEN, listening_app
 
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
+
 # first_48h (SMS and email) fell due an hour after the session: 30 minutes overdue here.
 NOW = SESSION + timedelta(hours=1, minutes=30)
 DEADLINE = 20.0

@@ -6,8 +6,12 @@ import io
 from collections.abc import Callable
 from datetime import timedelta
 
+import pytest
+
 from aftercare.channels import Channel, Outgoing
 from conftest import Clinic, FixedClock, utc
+
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
 
 EVENING = utc("2026-03-02T19:58-05:00")  # two minutes before quiet hours
 

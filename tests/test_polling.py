@@ -26,6 +26,8 @@ from aftercare.polling import (
 )
 from conftest import Clinic, FixedClock, run_at, twilio_config, utc
 
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
+
 PHONE = "+12125550123"
 CLINIC = "+12125550100"  # sms.from in twilio_config
 SESSION = utc("2026-03-02T10:30-05:00")

@@ -10,6 +10,8 @@ import pytest
 from aftercare.outbox import next_due
 from conftest import Clinic, FixedClock, run_at, utc
 
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
+
 
 @pytest.fixture
 def jane(clinic: Clinic) -> Clinic:

@@ -27,6 +27,8 @@ from aftercare.unsubscribe import (
 from aftercare.web import create_app
 from conftest import Clinic, FixedClock, run_at, utc
 
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
+
 PUBLIC = "https://aftercare.clinic.example"
 SECRET = "test-only-secret-key-0123456789abcdefghijklmnop"
 KEY = SECRET.encode()

@@ -17,6 +17,8 @@ from aftercare.web import create_app
 from conftest import Clinic, FixedClock, utc
 from webhook_kit import PHONE, PUBLIC, SESSION, TOKEN, listening_app
 
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
+
 NOW = SESSION + timedelta(hours=3)
 
 
