@@ -20,6 +20,7 @@ from pathlib import Path
 
 ENV_URL = "AFTERCARE_TEST_POSTGRES_URL"  # a server to use: its maintenance database's URL
 ENV_REQUIRE = "AFTERCARE_REQUIRE_POSTGRES"  # "1": no server fails the run instead of skipping
+ENV_BIN = "AFTERCARE_TEST_POSTGRES_BIN"  # a folder with initdb and pg_ctl (else searched)
 
 
 class NoServer(Exception):
@@ -27,6 +28,11 @@ class NoServer(Exception):
 
 
 def _bin_dir() -> Path:
+    chosen = os.environ.get(ENV_BIN)
+    if chosen:
+        if not (Path(chosen) / "pg_ctl").exists():
+            raise NoServer(f"{ENV_BIN}={chosen} has no pg_ctl")
+        return Path(chosen)
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).parent
