@@ -1,4 +1,5 @@
-"""Benchmark: claim cost as future pending rows grow; enrollment and dispatch throughput.
+"""Benchmark: claim cost as future pending rows grow; enrollment and dispatch throughput;
+the cost of an idle pass (daemon and `send-due`) at 10k and 1M pending rows.
 
 Run: python bench/dispatch_bench.py [--sizes 0,10000,100000,1000000] > numbers.md
 Numbers go in docs/performance.md.
@@ -12,6 +13,7 @@ import platform
 import random
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -114,6 +116,40 @@ def bench_claim(sizes: list[int], repeats: int) -> list[tuple[int, float, float]
     return results
 
 
+def bench_idle(sizes: list[int], repeats: int) -> list[tuple[int, float, float, float]]:
+    """Per future-row count: an idle daemon pass (recovery, then a dispatch pass that finds
+    nothing due), median ms; and an idle `aftercare send-due` process, median and fastest
+    seconds of wall time (start, config, setup check, schema check, recovery, pass)."""
+    results = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            app = _app(folder)
+            _seed(app, size, 0)
+            dispatcher = app.dispatcher()
+            passes = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                dispatcher.recover_stale()
+                assert dispatcher.run_once().total == 0
+                passes.append((time.perf_counter() - start) * 1000)
+            app.engine.dispose()
+            config = folder / "aftercare.toml"
+            config.write_text(f'[database]\nurl = "sqlite:///{folder / "bench.db"}"\n',
+                              encoding="utf-8")
+            command = [str(Path(sys.executable).with_name("aftercare")), "--config", str(config),
+                       "--now", NOW.isoformat(), "send-due"]
+            runs = []
+            for _ in range(7):
+                start = time.perf_counter()
+                done = subprocess.run(command, capture_output=True, text=True, check=False)
+                runs.append(time.perf_counter() - start)
+                assert done.returncode == 0 and done.stdout.startswith("0 sent"), done
+            results.append((size, statistics.median(passes), statistics.median(runs[1:]),
+                            min(runs[1:])))
+    return results
+
+
 def bench_enroll(patients: int) -> float:
     """Patients enrolled per second (each plans 16 messages)."""
     with tempfile.TemporaryDirectory() as folder:
@@ -157,6 +193,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--patients", type=int, default=500)
     parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--idle-sizes", default="10000,1000000")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"Python {platform.python_version()}, SQLite file in a temp folder, "
@@ -174,6 +211,12 @@ def main() -> None:
     wall, cpu = bench_dispatch(args.messages, one_patient=True)
     print(f"Dispatch, every message of one patient: {wall:.0f} messages/s "
           f"({cpu:.0f} per CPU-second)")
+    print("\n| future pending rows | idle daemon pass, median ms | idle `send-due`, median s "
+          "| fastest s |")
+    print("|---:|---:|---:|---:|")
+    for size, daemon_ms, median_s, fastest_s in bench_idle(
+            [int(s) for s in args.idle_sizes.split(",")], args.repeats):
+        print(f"| {size:,} | {daemon_ms:.2f} | {median_s:.2f} | {fastest_s:.2f} |")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"Peak RSS of the benchmark process: {peak:.0f} MiB")
     sys.stdout.flush()
