@@ -39,29 +39,40 @@ class UnavailableChannel(Channel):
                         setup_problem=True)
 
 
-def build_channels(settings: Settings, console: TextIO | None = None) -> dict[str, Channel]:
-    """The configured channels, with their secrets from the environment (never from files)."""
+def build_channels(settings: Settings, console: TextIO | None = None,
+                   engine: Engine | None = None) -> dict[str, Channel]:
+    """The configured channels, with their secrets from the environment (never from files).
+
+    With `engine`, a provider's rate is kept in that database, shared by every sender on
+    it; without, each process keeps its own.
+    """
     channels: dict[str, Channel] = {"sms": ConsoleChannel("sms", console),
                                     "email": ConsoleChannel("email", console)}
     if settings.sms.provider == "twilio":
         # Imported only when configured: the Twilio client costs a command ~0.1 s to load.
+        from aftercare.channels.rate_limit import SharedPace
         from aftercare.channels.twilio_sms import TwilioSms
 
         sid, token = os.environ.get("TWILIO_ACCOUNT_SID"), os.environ.get("TWILIO_AUTH_TOKEN")
-        channels["sms"] = (TwilioSms(settings.sms, sid, token,
+        pace = SharedPace(engine, "sms", settings.sms.rate_per_second) if engine else None
+        channels["sms"] = (TwilioSms(settings.sms, sid, token, pace,
                                      status_callback=settings.sms_status_callback)
                            if sid and token else
                            UnavailableChannel("sms", "TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset"))
     if settings.email.provider == "smtp":
+        from aftercare.channels.rate_limit import SharedPace
         from aftercare.channels.smtp_email import SmtpEmail
 
         try:
             secret = secret_from_env()
         except UserError:
             secret = None  # `aftercare check` reports it; emails keep the mailto link meanwhile
+        rate = settings.email.rate_per_second
         channels["email"] = SmtpEmail(settings.email, settings.clinic,
                                       os.environ.get("AFTERCARE_SMTP_PASSWORD"),
-                                      public_url=settings.web.public_url, secret=secret)
+                                      public_url=settings.web.public_url, secret=secret,
+                                      pace=SharedPace(engine, "email", rate)
+                                      if engine and rate else None)
     return channels
 
 
@@ -88,7 +99,7 @@ class App:
                   renderer=Renderer([Path(messaging.templates_dir)] if messaging.templates_dir
                                     else None),
                   clock=clock, console=console)
-        app.channels = build_channels(settings, console)
+        app.channels = build_channels(settings, console, app.engine)
         return app
 
     @classmethod

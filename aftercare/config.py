@@ -123,7 +123,10 @@ class SmsConfig(_Section):
     api_base_url: str = ""
     status_callback_url: str = ""
     timeout_seconds: float = Field(10, gt=0, le=120)
+    # The Twilio account's rate in segments a second, shared by every daemon on the database.
     rate_per_second: float = Field(1.0, gt=0, le=1000)
+    # Requests in flight at once; about rate_per_second times Twilio's answer time.
+    concurrency: int = Field(8, ge=1, le=64)
     max_attempts: int = Field(5, ge=1, le=50)
     # Who answers STOP/START/HELP: aftercare (in the webhook's reply), or Twilio's own
     # Advanced Opt-Out (then aftercare records the keyword and answers nothing).
@@ -173,6 +176,10 @@ class EmailConfig(_Section):
     from_: str = Field("", alias="from")  # empty: clinic.email
     ca_file: str = ""  # trust only this CA file (a relay with its own certificate)
     timeout_seconds: float = Field(30, gt=0, le=300)
+    # Emails in flight at once, each on a connection of its own (kept between emails).
+    concurrency: int = Field(4, ge=1, le=32)
+    # The relay's limit in emails a second, shared by every daemon on the database; 0: none.
+    rate_per_second: float = Field(0, ge=0, le=1000)
     max_attempts: int = Field(5, ge=1, le=50)
 
 
@@ -247,19 +254,20 @@ class Settings(BaseSettings):
 
     @property
     def longest_send_seconds(self) -> float:
-        """The longest one send may take: its channel's timeout plus its wait for the rate."""
-        return max(self.sms.timeout_seconds + 1 / self.sms.rate_per_second,
-                   self.email.timeout_seconds)
+        """The longest one provider call may take: the longer channel timeout. (A wait for
+        the rate comes before the call, and a long one renews the claim first.)"""
+        return max(self.sms.timeout_seconds, self.email.timeout_seconds)
 
     @model_validator(mode="after")
     def _lease_outlasts_a_send(self) -> Settings:
         # A claim older than its lease is taken back; if one send can outlast the lease,
-        # a slow send in flight could be taken back and sent twice.
+        # a slow send in flight could be taken back and sent twice. A send starts at most a
+        # quarter lease after its claim was last renewed (longer waits renew it again).
         longest = self.longest_send_seconds
         if self.daemon.lease_seconds < 2 * longest:
             raise ValueError(f"daemon.lease_seconds ({self.daemon.lease_seconds}) must be at "
-                             f"least {2 * longest:g}: twice the longest send (timeout plus "
-                             "rate wait)")
+                             f"least {2 * longest:g}: twice the longest send (the longer of "
+                             "sms.timeout_seconds and email.timeout_seconds)")
         return self
 
     @classmethod

@@ -15,6 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from aftercare import notices
 from aftercare.app import App
 from aftercare.checks import require_setup
+from aftercare.dispatch import Dispatcher
 from aftercare.errors import UserError
 from aftercare.metrics import Heartbeat, serve_in_thread
 from aftercare.polling import MIN_POLL_SECONDS, Poller
@@ -33,6 +34,7 @@ class Sender:
     stop: threading.Event
     scheduler: BackgroundScheduler
     heartbeat: Heartbeat  # for /healthz: a sender that stopped making progress is unhealthy
+    dispatcher: Dispatcher | None = None  # closed at shutdown: its channels' connections
 
     @classmethod
     def start(cls, app: App, stop: threading.Event | None = None, *,
@@ -79,7 +81,7 @@ class Sender:
             log.warning("%s provider is console: messages are printed to stdout, not sent",
                         " and ".join(console))
         scheduler.start()
-        return cls(app, stop, scheduler, heartbeat)
+        return cls(app, stop, scheduler, heartbeat, dispatcher)
 
     def describe(self) -> str:
         """For the start-up log line: the poll interval and the database (no password)."""
@@ -87,10 +89,15 @@ class Sender:
                 f"{self.app.engine.url.render_as_string(hide_password=True)}")
 
     def shutdown(self) -> None:
-        """Stop claiming, finish the send in flight, give back what was not started."""
+        """Stop claiming, finish the sends in flight, give back what was not started, then
+        close the channels' connections."""
         self.stop.set()
         if self.scheduler.running:  # a test may have stopped it already, to stall the sender
+            # Waits for the dispatch pass: it returns once its sends in flight are recorded
+            # and its unstarted claims given back.
             self.scheduler.shutdown(wait=True)
+        if self.dispatcher is not None:
+            self.dispatcher.close()
 
 
 def run_daemon(app: App, stop: threading.Event | None = None,

@@ -6,8 +6,9 @@ import logging
 import random
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlmodel import col, select
 
 from aftercare import metrics
 from aftercare.channels import Channel, Outgoing
+from aftercare.channels.rate_limit import Pace
 from aftercare.clock import Clock, system_clock, zone
 from aftercare.config import Settings
 from aftercare.errors import SendError, UserError
@@ -45,6 +47,9 @@ SETUP_RETRY_SECONDS = 300
 GROUP_SECONDS = 0.05
 
 
+_COUNTING = threading.Lock()
+
+
 @dataclass
 class DispatchCounts:
     """What one dispatch pass did, by outcome."""
@@ -58,6 +63,12 @@ class DispatchCounts:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    def add(self, outcome: str | None, n: int = 1) -> None:
+        """Count `n` of `outcome` (None: nothing); safe from the pass's worker threads."""
+        if outcome is not None and n:
+            with _COUNTING:
+                setattr(self, outcome, getattr(self, outcome) + n)
 
     @property
     def total(self) -> int:
@@ -116,33 +127,76 @@ class Dispatcher:
     _slowest: timedelta | None = field(default=None, init=False, repr=False)
 
     def run_once(self, stop: threading.Event | None = None) -> DispatchCounts:
-        """Send everything due, batch by batch, until nothing is left or `stop` is set."""
+        """Send everything due, batch by batch, until nothing is left or `stop` is set.
+
+        Channels that send several at once (`Channel.concurrency`) send through worker
+        threads of this pass, fed claim after claim; the others are sent here, in order.
+        Returns once every send started is recorded and every claim not started given back.
+        """
         counts = DispatchCounts()
         self._slowest = None
+        board = _Board(self, counts, stop)
         sent: list[_Sent] = []  # sends of the last group, written with the next claim
         try:
-            while stop is None or not stop.is_set():
+            while not board.stopping():
+                if sent and not board.has_room():
+                    # The next claim waits for the workers: the last group's sends are
+                    # written now, not then.
+                    counts.add("sent", self._write_sent_safely(sent))
+                    sent = []
+                # Claim again once the workers are nearly out of work: they never idle
+                # between claims, and no claim waits long for a worker.
+                if not board.wait_for_room():
+                    break
                 claims = self.claim(self.batch_limit(), sent=sent)
-                counts.sent += _recorded(sent)
+                counts.add("sent", _recorded(sent))
                 sent = []
                 if not claims:
                     break
-                try:
-                    sent = self._send_claims(claims, counts, stop)
-                finally:
-                    with self._lock:
-                        self._live.discard(claims[0].token)
+                token = claims[0].token
+                pooled = [c for c in claims if self.channels[c.channel].concurrency > 1]
+                here = [c for c in claims if self.channels[c.channel].concurrency <= 1]
+                board.add(token, pooled, here=bool(here))
+                if here:
+                    try:
+                        sent = self._send_claims(here, counts, stop)
+                    finally:
+                        board.finish(token)
+        except BaseException:
+            board.halt()  # e.g. Ctrl-C: the workers start nothing more
+            raise
         finally:
-            counts.sent += self._write_sent_safely(sent)
+            try:
+                board.close()  # waits for the sends in flight; gives back what was not started
+            finally:
+                counts.add("sent", self._write_sent_safely(sent))
         if counts.total:
             log.info("dispatch: %s", " ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
         return counts
 
+    def close(self) -> None:
+        """Let the channels go of the connections they keep between sends (shutdown)."""
+        for channel in self.channels.values():
+            try:
+                channel.close()
+            except Exception as exc:
+                log.warning("channel %s: closing failed (%s)", channel.name, type(exc).__name__)
+
     def batch_limit(self) -> int:
-        """How many rows one claim may take: as many as can be sent within half a lease,
-        even if every send takes its whole timeout, so no row waits out its lease."""
-        fits = self.settings.daemon.lease_seconds / 2 / self.settings.longest_send_seconds
-        return max(1, min(self.settings.daemon.batch_size, int(fits)))
+        """How many rows one claim may take: as many as every channel can send within half a
+        lease even if every send takes its whole timeout (`concurrency` at a time), and whose
+        turn at a paced channel's rate comes within a quarter lease, so no row waits out its
+        lease."""
+        lease = self.settings.daemon.lease_seconds
+        limit = float(self.settings.daemon.batch_size)
+        for name, channel in self.channels.items():
+            section = getattr(self.settings, name, None)
+            timeout = getattr(section, "timeout_seconds", self.settings.longest_send_seconds)
+            limit = min(limit, channel.concurrency * lease / 2 / timeout)
+            if channel.pace is not None:
+                # Other daemons share the rate: a longer wait renews the claim (`_wait_turn`).
+                limit = min(limit, lease / 4 * channel.pace.rate / channel.max_cost)
+        return max(1, int(limit))
 
     def _send_claims(self, claims: list[Claim], counts: DispatchCounts,
                      stop: threading.Event | None) -> list[_Sent]:
@@ -150,11 +204,7 @@ class Dispatcher:
         it is reached: one by one while sends are slow, in groups while they are fast.
         Returns the last group's sends, for the caller to write."""
         queue, sent = list(claims), list[_Sent]()
-
-        def count(outcome: str | None) -> None:
-            if outcome is not None:
-                setattr(counts, outcome, getattr(counts, outcome) + 1)
-
+        count = counts.add
         try:
             while queue:
                 if stop is not None and stop.is_set():
@@ -162,9 +212,9 @@ class Dispatcher:
                     return sent
                 group = self._next_group(queue)
                 if len(group) == 1:
-                    counts.sent += self._write_sent_safely(sent)
+                    count("sent", self._write_sent_safely(sent))
                     sent = []
-                    count(self._process_safely(group[0]))
+                    count(self._process_safely(group[0], stop))
                     continue
                 try:
                     ready = self._prepare_group(group, sent, count)
@@ -174,10 +224,10 @@ class Dispatcher:
                     log.warning("dispatch: a group of %s failed to prepare (%s); one by one",
                                 len(group), type(exc).__name__)
                     log.debug("dispatch: group error detail", exc_info=True)
-                    counts.sent += self._write_sent_safely(sent)
+                    count("sent", self._write_sent_safely(sent))
                     sent = []
                     queue[:0] = group[1:]
-                    count(self._process_safely(group[0]))
+                    count(self._process_safely(group[0], stop))
                     continue
                 sent = []
                 for index, (claim, outgoing) in enumerate(ready):
@@ -195,7 +245,7 @@ class Dispatcher:
                                       "(%s); recovery will settle it", claim.message_id,
                                       type(exc).__name__)
         except BaseException:
-            counts.sent += self._write_sent_safely(sent)
+            count("sent", self._write_sent_safely(sent))
             raise
         return sent
 
@@ -208,15 +258,18 @@ class Dispatcher:
             size = int(GROUP_SECONDS / max(self._slowest.total_seconds(), 1e-4))
         group: list[Claim] = []
         patients: set[int | None] = set()
+        # A paced channel's messages go one by one: each waits for its own slot.
         while queue and len(group) < size and queue[0].patient_id not in patients \
-                and queue[0].patient_id is not None:
+                and queue[0].patient_id is not None \
+                and self.channels[queue[0].channel].pace is None:
             patients.add(queue[0].patient_id)
             group.append(queue.pop(0))
         return group or [queue.pop(0)]
 
     def _note_send(self, took: timedelta) -> None:
-        if self._slowest is None or took > self._slowest:
-            self._slowest = took
+        with self._lock:  # the pass's workers send at once
+            if self._slowest is None or took > self._slowest:
+                self._slowest = took
 
     def _send(self, claim: Claim, outgoing: Outgoing) -> str | SendError:
         """One provider call: its id, or the SendError to record (unexpected errors too)."""
@@ -350,10 +403,12 @@ class Dispatcher:
         return [Claim(message_id, token, channel, patient_id)
                 for message_id, channel, patient_id in rows if message_id is not None]
 
-    def process(self, claim: Claim) -> str | None:
+    def process(self, claim: Claim, stop: threading.Event | None = None) -> str | None:
         """Check, render and send one claimed message; the outcome's name, or None when the
-        claim is no longer this sender's (another took the row over after its lease)."""
+        claim is no longer this sender's (another took the row over after its lease) or was
+        given back unstarted (`stop` set while it waited for its turn at the rate)."""
         now = self.clock()
+        pace = self.channels[claim.channel].pace
         with DbSession(self.engine) as db:
             # Checking the token and renewing the claim below is one compare-and-swap.
             message = _held(db, claim)
@@ -370,7 +425,15 @@ class Dispatcher:
             # Renew the claim: the lease covers this send, counted from now.
             message.claimed_at = now
             db.add(message)
+            # The slot at the rate is taken in this transaction: only a message that goes
+            # takes one, and taking it costs no commit of its own.
+            wait = 0.0 if pace is None else pace.reserve(
+                self.channels[claim.channel].cost(outcome), db)
             db.commit()  # end the transaction before the network call: SQLite must not stay locked
+        if pace is not None:
+            if not self._wait_turn(claim, pace, wait, stop):
+                return None
+            outcome = replace(outcome, paced=True)
         result = self._send(claim, outcome)
         try:
             if isinstance(result, str):
@@ -384,10 +447,32 @@ class Dispatcher:
                       "recovery will settle it", claim.message_id, type(exc).__name__)
             return None
 
-    def _process_safely(self, claim: Claim) -> str | None:
+    def _wait_turn(self, claim: Claim, pace: Pace, seconds: float,
+                   stop: threading.Event | None) -> bool:
+        """Sleep until the message's slot at its channel's rate. False when it must not be
+        sent after all: `stop` was set meanwhile (the claim is given back, unstarted), or a
+        long wait let another sender take the claim over."""
+        pace.pause(seconds, stop)
+        if stop is not None and stop.is_set():
+            self._release([claim])
+            return False
+        if seconds > self.settings.daemon.lease_seconds / 4:
+            # Several daemons share the rate, so a turn can be long in coming: renew the
+            # claim (compare-and-swap) so the send is covered by a lease from now on.
+            now = self.clock()
+            with DbSession(self.engine) as db:
+                renewed = db.exec(_guarded(claim).values(claimed_at=now, updated_at=now))
+                db.commit()
+            if renewed.rowcount != 1:
+                log.warning("message %s: claim taken over while waiting %.0f s for its turn "
+                            "at the rate; left to its new sender", claim.message_id, seconds)
+                return False
+        return True
+
+    def _process_safely(self, claim: Claim, stop: threading.Event | None = None) -> str | None:
         """`process`, with one message's unexpected error kept from ending the pass."""
         try:
-            return self.process(claim)
+            return self.process(claim, stop)
         except Exception as exc:
             log.error("message %s: unexpected %s while dispatching; retried later",
                       claim.message_id, type(exc).__name__)
@@ -623,6 +708,151 @@ class Dispatcher:
         if not message.body or message.claimed_at is None or not to:
             return None
         return self.channels[message.channel].find_sent(to, message.body, message.claimed_at)
+
+
+class _Board:
+    """One pass's claims for the channels that send several at once, and their workers
+    (`Channel.concurrency` threads a channel, for the pass): each worker takes the next
+    claim of its channel whose patient has nothing in flight and no earlier claim waiting
+    (one message's outcome may change the next: a closed route, a first SMS), until the
+    pass ends or stops."""
+
+    def __init__(self, dispatcher: Dispatcher, counts: DispatchCounts,
+                 stop: threading.Event | None) -> None:
+        self.dispatcher, self.counts, self.stop = dispatcher, counts, stop
+        self.changed = threading.Condition()
+        self.waiting: dict[str, list[Claim]] = {}  # by channel, in claim order
+        self.busy: set[int] = set()  # patients with a send in flight
+        self.turns: dict[int, list[Claim]] = {}  # each patient's waiting claims, in order
+        self.open: Counter[str] = Counter()  # claim token -> its parts not yet finished
+        self.workers: list[threading.Thread] = []
+        self.closed = self.halted = False
+        self.error: BaseException | None = None  # what killed a worker (the pass stops)
+
+    def stopping(self) -> bool:
+        return self.halted or self.error is not None or (
+            self.stop is not None and self.stop.is_set())
+
+    def has_room(self) -> bool:
+        """Whether no channel has more claims waiting than it has workers."""
+        channels = self.dispatcher.channels
+        with self.changed:
+            return all(len(queue) <= channels[name].concurrency
+                       for name, queue in self.waiting.items())
+
+    def wait_for_room(self) -> bool:
+        """Wait until there is room (`has_room`); False if the pass stops meanwhile."""
+        with self.changed:
+            while not self.has_room():
+                if self.stopping():
+                    return False
+                self.changed.wait(0.5)  # a timeout, to see `stop` (and beat the heartbeat)
+        return not self.stopping()
+
+    def add(self, token: str, claims: list[Claim], *, here: bool) -> None:
+        """Hand `claims` (of `token`) to the workers; `here`: the pass sends the rest of that
+        claim itself, and says so with `finish(token)`."""
+        with self.changed:
+            self.open[token] += len(claims) + here
+            for claim in claims:
+                if claim.channel not in self.waiting:
+                    self.waiting[claim.channel] = []
+                    self._start(claim.channel)
+                self.waiting[claim.channel].append(claim)
+                if claim.patient_id is not None:
+                    self.turns.setdefault(claim.patient_id, []).append(claim)
+            self.changed.notify_all()
+
+    def finish(self, token: str) -> None:
+        """One part of claim `token` is done: the last one takes the claim off the live ones
+        (from then on, the process's own recovery may settle what is left of it)."""
+        with self.changed:
+            self.open[token] -= 1
+            if self.open[token] <= 0:
+                del self.open[token]
+                with self.dispatcher._lock:
+                    self.dispatcher._live.discard(token)
+            self.changed.notify_all()
+
+    def halt(self) -> None:
+        """Start nothing more (the pass is ending on an error)."""
+        with self.changed:
+            self.halted = True
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        """Let the workers finish what they started, then give back what nobody started
+        (the pass stopped) and raise what killed a worker, if anything did."""
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+        for worker in self.workers:
+            while worker.is_alive():
+                worker.join(0.5)
+                self.stopping()  # a long send in flight is not a stall: this beats
+        with self.changed:
+            left = [claim for queue in self.waiting.values() for claim in queue]
+            self.waiting.clear()
+            self.turns.clear()
+        if left:
+            try:
+                self.dispatcher._release(left)
+            except Exception as exc:
+                log.error("messages %s: giving back unstarted claims failed (%s); recovery "
+                          "will settle them", [c.message_id for c in left], type(exc).__name__)
+            for claim in left:
+                self.finish(claim.token)
+        if self.error is not None:
+            raise self.error
+
+    def _start(self, channel: str) -> None:
+        for number in range(self.dispatcher.channels[channel].concurrency):
+            worker = threading.Thread(target=self._work, args=(channel,), daemon=True,
+                                      name=f"send-{channel}-{number}")
+            self.workers.append(worker)
+            worker.start()
+
+    def _take(self, channel: str) -> Claim | None:
+        """The next claim of `channel` whose patient is free; None once there is none left
+        and none will come, or the pass stops."""
+        with self.changed:
+            while not self.stopping():
+                queue = self.waiting[channel]
+                for index, claim in enumerate(queue):
+                    patient = claim.patient_id
+                    if patient is None or (patient not in self.busy
+                                           and self.turns[patient][0] is claim):
+                        del queue[index]
+                        if patient is not None:
+                            self.busy.add(patient)
+                            self.turns[patient].pop(0)
+                            if not self.turns[patient]:
+                                del self.turns[patient]
+                        self.changed.notify_all()  # room for the next claim, maybe
+                        return claim
+                if self.closed and not queue:
+                    return None
+                self.changed.wait(0.5)
+        return None
+
+    def _work(self, channel: str) -> None:
+        try:
+            while (claim := self._take(channel)) is not None:
+                try:
+                    # Checks `stop` itself while waiting for the rate; a send started
+                    # finishes and is recorded.
+                    self.counts.add(self.dispatcher._process_safely(claim, self.stop))
+                finally:
+                    with self.changed:
+                        if claim.patient_id is not None:
+                            self.busy.discard(claim.patient_id)
+                    self.finish(claim.token)
+        except BaseException as exc:
+            # The process is dying (or a bug escaped): the pass stops and raises it; the
+            # claim in hand stays `sending`, for recovery after its lease.
+            with self.changed:
+                self.error = self.error or exc
+                self.changed.notify_all()
 
 
 def retry_delay(settings: Settings, attempts: int, rng: random.Random) -> timedelta:

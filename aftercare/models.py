@@ -302,6 +302,14 @@ class PollCursor(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=_utc())
 
 
+class SendPace(SQLModel, table=True):
+    """When a channel's next send may start: its provider account's rate, one row shared by
+    every sender on the database (channels/rate_limit.py, SharedPace)."""
+
+    name: str = Field(primary_key=True, max_length=16)
+    next_at: datetime = Field(sa_column=_utc())
+
+
 class StaffRole(StrEnum):
     FRONTDESK = "frontdesk"  # patients, enrollments, bookings, routine replies
     CLINICIAN = "clinician"  # and urgent and review replies

@@ -16,6 +16,8 @@ LOOKALIKES = {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u00a
 # Per-locale budget in segments (French needs more room for the same message).
 BUDGET = {"en": 2, "fr": 3}
 DEFAULT_BUDGET = 2
+# The most segments an SMS of any locale may use (the pace plans claims with it).
+MAX_BUDGET = max(DEFAULT_BUDGET, *BUDGET.values())
 
 
 @dataclass(frozen=True)

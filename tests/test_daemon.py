@@ -98,6 +98,51 @@ def test_stop_waits_for_the_send_in_flight(clinic: Clinic) -> None:
     assert rows == [("email", "pending", None), ("sms", "sent", "slow-1")]
 
 
+def test_stop_with_several_sends_at_once_finishes_them_then_closes_the_channels(
+        clinic: Clinic) -> None:
+    _enroll_due_now(clinic)
+    in_flight, release = threading.Event(), threading.Event()
+    stop = threading.Event()
+
+    class PooledChannel(Channel):
+        concurrency = 2  # sent by the pass's workers
+        closed = False
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def send(self, message: Outgoing) -> str:
+            in_flight.set()
+            release.wait(DEADLINE)
+            return f"pooled-{message.message_id}"
+
+        def close(self) -> None:
+            self.closed = True
+
+    app = clinic.app(console=io.StringIO())
+    channels = [PooledChannel("sms"), PooledChannel("email")]
+    app.channels.update(sms=channels[0], email=channels[1])
+    daemon = threading.Thread(target=run_daemon, args=(app, stop, False), daemon=True)
+    daemon.start()
+    try:
+        assert in_flight.wait(DEADLINE)
+        stop.set()  # what SIGTERM does
+        daemon.join(0.5)
+        assert daemon.is_alive(), "the daemon must not quit in the middle of a send"
+        assert not any(channel.closed for channel in channels)
+    finally:
+        stop.set()
+        release.set()
+        daemon.join(DEADLINE)
+    assert not daemon.is_alive()
+    rows = clinic.rows("SELECT channel, status, attempts FROM message "
+                       "WHERE step = 'first_48h' ORDER BY channel")
+    # The SMS in flight was recorded; the email waiting behind it (one patient, one send at
+    # a time) was given back untouched; then the channels let go of their connections.
+    assert rows == [("email", "pending", 0), ("sms", "sent", 1)]
+    assert all(channel.closed for channel in channels)
+
+
 def test_daemon_refuses_an_uninitialised_database(clinic: Clinic, tmp_path: Path) -> None:
     config = tmp_path / "fresh.toml"
     config.write_text(f"[database]\nurl = 'sqlite:///{tmp_path / 'fresh.db'}'\n")

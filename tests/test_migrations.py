@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
@@ -12,6 +13,8 @@ from sqlmodel import SQLModel
 from aftercare.db import head_revision, migrate
 from aftercare.resources import MIGRATIONS
 from conftest import Clinic
+
+pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
 
 
 def test_init_creates_then_reports_up_to_date(clinic: Clinic, tmp_path: Path) -> None:
@@ -40,6 +43,7 @@ def test_migrations_build_exactly_the_models_schema(clinic: Clinic) -> None:
     assert diff == []
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_runs_in_wal_mode(clinic: Clinic) -> None:
     assert clinic.rows("PRAGMA journal_mode") == [("wal",)]
 
@@ -58,6 +62,7 @@ RELEASED = {
     "0006_staff_console.py": "de12fd8b0b51f984af967f1624b6e8bbdae657626c0650d0766a46690a76877c",
     "0007_console_indexes.py": "f2b9b5966a16927ad6aacc0e451b7dc84b525eea7739fb925367ce5479aef8ef",
     "0008_notice_request_key.py": "daf66c0ccd49d2b56801e6080ad25d8949ea79452dd078f59e7aed7683a9130c",
+    "0009_send_pace.py": "b16b35ea9ebe8e7d8cad34eefcd48126246cd64b7429b59f0379991b250caea0",
 }
 
 
@@ -70,6 +75,7 @@ def test_released_migrations_never_change() -> None:
     assert unlisted == [], "add the new migration's sha256 to RELEASED when committing it"
 
 
+@pytest.mark.sqlite_only  # rebuilds the database file at an old schema
 def test_a_database_from_the_first_0002_gains_session_moves(clinic: Clinic) -> None:
     # The first release of 0002 had no session.moves; such databases are stamped 0002.
     for suffix in ("", "-wal", "-shm"):

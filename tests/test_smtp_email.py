@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fakes import smtp as smtp_fakes
 from fakes.smtp import FakeSmtp, TestCert, free_port
 
-from aftercare.channels import Channel, Outgoing
+from aftercare.app import App
+from aftercare.channels import Channel, Outgoing, smtp_email
 from aftercare.channels.smtp_email import SmtpEmail
 from aftercare.config import ClinicConfig, EmailConfig
 from aftercare.errors import EMAIL_INVALID, SendError
@@ -247,3 +252,133 @@ def test_check_reports_an_unreachable_relay(clinic: Clinic) -> None:
     assert bad.exit_code == 2
     [line] = bad.stdout.strip().splitlines()
     assert line.startswith("problem: email: cannot use SMTP 127.0.0.1:")
+
+
+# -- one connection for many emails
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every connection the fake relays accept from now on, counted by the server (clear it
+    after starting one: aiosmtpd connects once itself, to see that it is up)."""
+    accepted: list[object] = []
+    factory = smtp_fakes._Controller.factory
+
+    def counting(controller: smtp_fakes._Controller) -> Any:
+        accepted.append(made := factory(controller))
+        return made
+
+    monkeypatch.setattr(smtp_fakes._Controller, "factory", counting)
+    return accepted
+
+
+def _numbered(count: int) -> list[Outgoing]:
+    return [replace(MESSAGE, message_id=n, to=f"p{n}@example.com") for n in range(1, count + 1)]
+
+
+def test_emails_share_one_connection_logged_in_once(cert: TestCert,
+                                                    connections: list[object]) -> None:
+    with FakeSmtp(mode="starttls", cert=cert, auth=("clinic", "s3cret")) as server:
+        connections.clear()
+        channel = _channel(server, "s3cret", tls="starttls", username="clinic",
+                           ca_file=str(cert.cert_path))
+        for message in _numbered(5):
+            channel.send(message)
+        assert [r.rcpt_tos for r in server.received] == [[f"p{n}@example.com"] for n in
+                                                         range(1, 6)]
+        assert len(connections) == 1  # one TLS handshake and one login for all five
+        channel.close()  # QUIT at shutdown; a later send opens a new connection
+        channel.send(MESSAGE)
+        assert len(server.received) == 6 and len(connections) == 2
+
+
+def test_a_connection_the_relay_dropped_between_emails_is_replaced(
+        relay: FakeSmtp, connections: list[object]) -> None:
+    channel = _channel(relay)
+    first, second = _numbered(2)
+    channel.send(first)
+    relay.stop()  # the relay restarts (or times the idle connection out) between emails
+    relay.start()
+    connections.clear()
+    channel.send(second)  # fails on the dead connection before MAIL: sent on a new one
+    assert [r.rcpt_tos[0] for r in relay.received] == ["p1@example.com", "p2@example.com"]
+    assert len(connections) == 1
+
+
+def test_a_connection_idle_too_long_is_not_reused(relay: FakeSmtp, connections: list[object],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    channel = _channel(relay)
+    channel.send(MESSAGE)
+    monkeypatch.setattr(smtp_email, "IDLE_SECONDS", 0.0)
+    time.sleep(0.01)
+    channel.send(MESSAGE)
+    assert len(relay.received) == 2 and len(connections) == 2
+
+
+def test_an_email_the_relay_may_have_accepted_is_never_resent(
+        relay: FakeSmtp, connections: list[object], monkeypatch: pytest.MonkeyPatch) -> None:
+    handle_data = smtp_fakes._Handler.handle_DATA
+    broken = threading.Event()
+
+    async def accepted_then_gone(handler: Any, server: Any, session: Any,
+                                 envelope: Any) -> str:
+        reply: str = await handle_data(handler, server, session, envelope)
+        if broken.is_set():
+            # The relay took the email, then the connection broke before its "250" left.
+            server.transport.abort()  # at once: the reply is never written
+        return reply
+
+    # Before the connection exists: aiosmtpd looks its hooks up when a connection opens.
+    monkeypatch.setattr(smtp_fakes._Handler, "handle_DATA", accepted_then_gone)
+    channel = _channel(relay)
+    first, second = _numbered(2)
+    channel.send(first)
+    broken.set()
+    with pytest.raises(SendError) as caught:
+        channel.send(second)  # on the kept connection, but the failure came after DATA
+    assert not caught.value.permanent  # retried later, by the dispatcher's rules
+    assert [r.rcpt_tos[0] for r in relay.received] == ["p1@example.com", "p2@example.com"]
+    assert len(connections) == 1  # no second try on a new connection
+
+
+def test_emails_from_several_threads_each_get_a_connection_of_their_own(
+        relay: FakeSmtp, connections: list[object]) -> None:
+    channel = _channel(relay)
+    messages = _numbered(12)
+    errors: list[BaseException] = []
+
+    def send(part: list[Outgoing]) -> None:
+        try:
+            for message in part:
+                channel.send(message)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(messages[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert errors == []
+    assert sorted(r.rcpt_tos[0] for r in relay.received) == sorted(m.to for m in messages)
+    assert 1 <= len(connections) <= 4  # one per email in flight at once, at most
+
+
+def test_dispatch_sends_emails_through_workers_on_kept_connections(
+        clinic: Clinic, connections: list[object]) -> None:
+    for n in range(1, 7):
+        clinic.json("patient", "add", "--name", f"Patient {n}", "--email", f"p{n}@example.com",
+                    "--ref", f"P{n}")
+        clinic.json("--now", "2026-03-02T11:00-05:00", "enroll", f"P{n}", "--treatment",
+                    "cellulite", "--session-at", "2026-03-02T10:30")
+    with FakeSmtp() as server:
+        connections.clear()
+        config = _smtp_config(clinic, server, "concurrency = 2\n")
+        now = utc("2026-03-02T11:30-05:00")
+        app = App.from_config(config, clock=FixedClock(now), console=io.StringIO())
+        dispatcher = app.dispatcher()
+        assert run_at(dispatcher, now).sent == 6
+        dispatcher.close()
+        assert sorted(r.rcpt_tos[0] for r in server.received) == [
+            f"p{n}@example.com" for n in range(1, 7)]
+    assert 1 <= len(connections) <= 2  # two workers: two connections at most

@@ -3,8 +3,12 @@ and a one-click unsubscribe link (RFC 8058) when the service is reachable over h
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import smtplib
 import ssl
+import threading
+import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import EmailPolicy
@@ -12,12 +16,18 @@ from email.utils import format_datetime, formataddr
 from typing import Any
 
 from aftercare.channels import Channel, Outgoing
+from aftercare.channels.rate_limit import Pace, RateLimiter
 from aftercare.config import ClinicConfig, EmailConfig
 from aftercare.errors import EMAIL_INVALID, SendError
 from aftercare.unsubscribe import make_token
 
+log = logging.getLogger(__name__)
+
 # The body RFC 8058 has mail providers POST to the List-Unsubscribe https link.
 ONE_CLICK = "List-Unsubscribe=One-Click"
+# A connection unused for longer is closed, not reused: relays and firewalls drop idle
+# connections (often silently, and the next command would then wait out the timeout).
+IDLE_SECONDS = 30.0
 
 
 class _Policy(EmailPolicy):
@@ -44,29 +54,40 @@ _POLICY = _Policy(refold_source="none")
 
 
 class SmtpEmail(Channel):
-    """One SMTP session per email; classifies the relay's answers into SendError.
+    """Emails through the relay, several at once (`email.concurrency`), each connection
+    logged in once and reused for the emails that follow; classifies the relay's answers
+    into SendError.
 
     With an https `public_url` (web.public_url) and the `secret` key (AFTERCARE_SECRET_KEY),
     every email to a known patient carries a signed one-click unsubscribe link; otherwise
-    only the mailto one.
+    only the mailto one. `pace`: the relay's rate (the app gives the shared one when
+    `email.rate_per_second` is set); by default this process's own, if a rate is set.
     """
 
     name = "email"
 
     def __init__(self, config: EmailConfig, clinic: ClinicConfig, password: str | None, *,
-                 public_url: str = "", secret: bytes | None = None) -> None:
+                 public_url: str = "", secret: bytes | None = None,
+                 pace: Pace | None = None) -> None:
         self._config, self._clinic, self._password = config, clinic, password
         self.sender = config.from_ or clinic.email
         # RFC 8058: one-click unsubscribe links must be https.
         one_click = public_url.startswith("https://") and bool(secret)
         self._public_url = public_url.rstrip("/") if one_click else ""
         self._secret = secret if one_click else None
+        self.concurrency = config.concurrency
+        self.pace = pace or (RateLimiter(config.rate_per_second) if config.rate_per_second
+                             else None)
+        # Connections between two emails, each with the monotonic time it was last used.
+        # One connection carries one email at a time (smtplib is not thread-safe).
+        self._idle: list[tuple[smtplib.SMTP, float]] = []
+        self._lock = threading.Lock()
 
     def send(self, message: Outgoing) -> str:
+        self.wait_turn(message)
         email = self.compose(message)
         try:
-            with self._connect() as smtp:
-                smtp.send_message(email)
+            self._deliver(email)
         except smtplib.SMTPRecipientsRefused as exc:
             code, _ = next(iter(exc.recipients.values()))
             if code >= 500:
@@ -86,6 +107,51 @@ class SmtpEmail(Channel):
         except (smtplib.SMTPException, OSError) as exc:
             raise SendError(f"network: {type(exc).__name__}", permanent=False) from None
         return str(email["Message-ID"])
+
+    def _deliver(self, email: EmailMessage) -> None:
+        """Hand `email` to the relay once, on an idle connection or a new one."""
+        smtp, reused = self._take()
+        try:
+            try:
+                smtp.send_message(email)
+            except (smtplib.SMTPException, OSError) as exc:
+                if not (reused and _before_data(smtp, exc)):
+                    raise
+                # The relay closed the idle connection (or will take no more mail on it)
+                # before this email's DATA: none of it reached the relay, so it goes once
+                # more, on a new connection. After DATA it may have been accepted: never.
+                log.debug("email: the relay dropped a kept connection (%s); reconnecting",
+                          type(exc).__name__)
+                _close(smtp)
+                smtp = self._connect()
+                smtp.send_message(email)
+        except BaseException:
+            _close(smtp)  # where the conversation stands is unknown: not reused
+            raise
+        with self._lock:
+            self._idle.append((smtp, time.monotonic()))
+
+    def _take(self) -> tuple[smtplib.SMTP, bool]:
+        """A connection for one email, and whether it was kept from an earlier one: the
+        most recently used idle one, unless it has been idle too long (then a new one)."""
+        stale: list[smtplib.SMTP] = []
+        with self._lock:
+            if self._idle and time.monotonic() - self._idle[-1][1] <= IDLE_SECONDS:
+                return self._idle.pop()[0], True
+            # The most recent one is too old (or there is none): the others are older still.
+            stale, self._idle = [smtp for smtp, _since in self._idle], []
+        for smtp in stale:
+            _close(smtp)
+        return self._connect(), False
+
+    def close(self) -> None:
+        """Say QUIT on every idle connection (daemon shutdown)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for smtp, _since in idle:
+            with contextlib.suppress(OSError):  # SMTPException is an OSError
+                smtp.quit()
+            _close(smtp)
 
     def compose(self, message: Outgoing) -> EmailMessage:
         """The email for `message`; the same row always gets the same Message-ID."""
@@ -140,10 +206,10 @@ class SmtpEmail(Channel):
         config = self._config
         context = ssl.create_default_context(cafile=config.ca_file or None)
         if config.tls == "implicit":
-            smtp: smtplib.SMTP = smtplib.SMTP_SSL(config.host, config.port, context=context,
-                                                  timeout=config.timeout_seconds)
+            smtp: smtplib.SMTP = _SmtpSsl(config.host, config.port, context=context,
+                                          timeout=config.timeout_seconds)
         else:
-            smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout_seconds)
+            smtp = _Smtp(config.host, config.port, timeout=config.timeout_seconds)
         try:
             if config.tls == "starttls":
                 smtp.starttls(context=context)
@@ -153,3 +219,37 @@ class SmtpEmail(Channel):
             smtp.close()
             raise
         return smtp
+
+
+class _Smtp(smtplib.SMTP):
+    """smtplib's client, remembering the last command it sent (for `_before_data`)."""
+
+    last_command = ""
+
+    def putcmd(self, cmd: str, args: str = "") -> None:
+        self.last_command = cmd.lower()
+        super().putcmd(cmd, args)
+
+
+class _SmtpSsl(_Smtp, smtplib.SMTP_SSL):
+    """`_Smtp` over implicit TLS."""
+
+
+def _before_data(smtp: smtplib.SMTP, exc: BaseException) -> bool:
+    """Whether `exc` says the connection was gone (or closing: 421) before the email's DATA
+    command was sent, so the relay cannot have accepted any of it."""
+    if getattr(smtp, "last_command", "data") not in ("mail", "rcpt", "rset", "noop"):
+        return False
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return all(code == 421 for code, _ in exc.recipients.values())
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code == 421
+    # (SMTPException is an OSError too: only a disconnection or a socket error counts here.)
+    return isinstance(exc, smtplib.SMTPServerDisconnected) \
+        or not isinstance(exc, smtplib.SMTPException)
+
+
+def _close(smtp: smtplib.SMTP) -> None:
+    """Drop a connection without a word (it may be dead: QUIT could wait out the timeout)."""
+    with contextlib.suppress(OSError):
+        smtp.close()

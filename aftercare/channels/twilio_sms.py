@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
 from requests.exceptions import ConnectTimeout
 from twilio.base.exceptions import TwilioException, TwilioRestException
@@ -13,9 +17,10 @@ from twilio.rest import Client
 from urllib3.exceptions import NewConnectionError
 
 from aftercare.channels import Channel, Outgoing
-from aftercare.channels.rate_limit import RateLimiter
+from aftercare.channels.rate_limit import Pace, RateLimiter
 from aftercare.config import SmsConfig
 from aftercare.errors import PHONE_INVALID, SMS_OPTED_OUT, SendError
+from aftercare.segments import MAX_BUDGET, measure
 
 # Twilio error codes that condemn the number itself, not just this message.
 ROUTE_ERRORS = {21211: PHONE_INVALID, 21614: PHONE_INVALID, 21610: SMS_OPTED_OUT}
@@ -31,16 +36,33 @@ CLOCK_SKEW = timedelta(minutes=2)
 
 
 class TwilioSms(Channel):
-    """Sends one SMS per call; classifies Twilio's answers into SendError."""
+    """Sends one SMS per call, several at once (`sms.concurrency`), at `sms.rate_per_second`
+    counted in segments; classifies Twilio's answers into SendError.
+
+    `limiter`: the pace (the app gives the one shared through the database); by default
+    this process's own.
+    """
 
     name = "sms"
+    max_cost = float(MAX_BUDGET)
 
     def __init__(self, config: SmsConfig, account_sid: str, auth_token: str,
-                 limiter: RateLimiter | None = None, status_callback: str = "") -> None:
+                 limiter: Pace | None = None, status_callback: str = "") -> None:
         self._config = config
+        self._credentials = (account_sid, auth_token)
         self._status_callback = status_callback
-        self._client = make_client(config, account_sid, auth_token)
-        self._limiter = limiter or RateLimiter(config.rate_per_second)
+        self.concurrency = config.concurrency
+        self.pace = limiter or RateLimiter(config.rate_per_second)
+        # twilio-python's client is not thread-safe: its HTTP client hands each response
+        # back through an attribute of its own (TwilioHttpClient.request, 9.x), so two
+        # requests at once could swap answers (twilio/twilio-python#580). Each call borrows
+        # a client nobody else is using; idle ones are kept for the next.
+        self._idle: list[Client] = []
+        self._lock = threading.Lock()
+
+    def cost(self, message: Outgoing) -> float:
+        """Twilio's rate counts segments: a 2-segment SMS costs 2."""
+        return float(measure(message.text).segments)
 
     def send(self, message: Outgoing) -> str:
         params = {"to": message.to, "body": message.text}
@@ -50,9 +72,10 @@ class TwilioSms(Channel):
             params["from_"] = self._config.from_
         if self._status_callback:
             params["status_callback"] = self._status_callback
-        self._limiter.wait()
+        self.wait_turn(message)
         try:
-            created = self._client.messages.create(**params)
+            with self._client() as client:
+                created = client.messages.create(**params)
         except TwilioRestException as exc:
             raise classify(exc) from None
         except OSError as exc:
@@ -65,14 +88,37 @@ class TwilioSms(Channel):
             raise SendError(f"twilio client: {type(exc).__name__}", permanent=False) from None
         return str(created.sid)
 
+    def close(self) -> None:
+        """Close the idle clients' HTTP sessions (their kept-alive connections)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for client in idle:
+            session = getattr(client.http_client, "session", None)
+            if session is not None:
+                session.close()
+
+    @contextmanager
+    def _client(self) -> Iterator[Any]:
+        """A client for this thread's call alone: an idle one, else a new one."""
+        with self._lock:
+            client = self._idle.pop() if self._idle else None
+        if client is None:
+            client = make_client(self._config, *self._credentials)
+        try:
+            yield client
+        finally:
+            with self._lock:
+                self._idle.append(client)
+
     def find_sent(self, to: str, body: str, since: datetime) -> str | None:
         """The SID of a message Twilio already accepted to `to` with `body` since `since`."""
         after = since - CLOCK_SKEW
         try:
-            found = self._client.messages.list(to=to, date_sent_after=after, limit=20)
-            # DateSent stays empty while a message waits in Twilio's queue: look at the
-            # newest messages to that number as well, by creation time.
-            found += self._client.messages.list(to=to, limit=20)
+            with self._client() as client:
+                found = client.messages.list(to=to, date_sent_after=after, limit=20)
+                # DateSent stays empty while a message waits in Twilio's queue: look at the
+                # newest messages to that number as well, by creation time.
+                found += client.messages.list(to=to, limit=20)
         except (TwilioException, OSError) as exc:
             raise SendError(f"cannot list messages: {type(exc).__name__}",
                             permanent=False) from None
@@ -84,22 +130,27 @@ class TwilioSms(Channel):
 
     def check(self) -> list[str]:
         """Problems with the setup, found by asking Twilio; empty when it works."""
-        try:
-            self._client.messages.list(limit=1)
-        except TwilioException as exc:
-            # List calls raise a bare TwilioException carrying the HTTP response.
-            response = exc.args[1] if len(exc.args) > 1 else None
-            status = getattr(response, "status_code", None) or getattr(exc, "status", "?")
-            code = _error_code(response)
-            if status in (401, 403):
-                return [f"sms: Twilio refused the credentials or account (HTTP {status}, "
-                        f"code {code}); check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"]
-            return [f"sms: Twilio answered HTTP {status} (code {code}) at "
-                    f"{self._client.api.base_url}; try again later"]
-        except OSError as exc:
-            return [f"sms: cannot reach Twilio at {self._client.api.base_url} "
-                    f"({type(exc).__name__})"]
-        return []
+        with self._client() as client:
+            return _check(client)
+
+
+def _check(client: Any) -> list[str]:
+    """`TwilioSms.check` through one client."""
+    try:
+        client.messages.list(limit=1)
+    except TwilioException as exc:
+        # List calls raise a bare TwilioException carrying the HTTP response.
+        response = exc.args[1] if len(exc.args) > 1 else None
+        status = getattr(response, "status_code", None) or getattr(exc, "status", "?")
+        code = _error_code(response)
+        if status in (401, 403):
+            return [f"sms: Twilio refused the credentials or account (HTTP {status}, "
+                    f"code {code}); check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"]
+        return [f"sms: Twilio answered HTTP {status} (code {code}) at "
+                f"{client.api.base_url}; try again later"]
+    except OSError as exc:
+        return [f"sms: cannot reach Twilio at {client.api.base_url} ({type(exc).__name__})"]
+    return []
 
 
 def make_client(config: SmsConfig, account_sid: str, auth_token: str) -> Client:
