@@ -18,15 +18,20 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 SQLITE_BUSY_MS = 30_000
+# Each worker of a pass (up to sms.concurrency + email.concurrency, 64 + 32) holds a
+# connection while it checks and records a message, beside the scheduler's jobs and the
+# web requests: SQLAlchemy's default 5 + 10 would make workers queue for a connection.
+POOL = {"pool_size": 10, "max_overflow": 100}
 
 
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets WAL, a busy timeout and write-ahead locking."""
     # hide_parameters: errors and logs must never carry phone numbers or message text.
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True, **POOL)
+    in_memory = url in ("sqlite://", "sqlite:///:memory:")  # one connection, no pool to size
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_MS / 1000},
-                           hide_parameters=True)
+                           hide_parameters=True, **({} if in_memory else POOL))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

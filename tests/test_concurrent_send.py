@@ -408,3 +408,17 @@ def test_concurrency_and_rates_are_checked(tmp_path: Path, text: str, problem: s
         load_settings(config)
     assert caught.value.problem.startswith(problem), caught.value.problem
     assert str(config) in caught.value.problem
+
+
+def test_the_largest_configuration_gets_a_connection_per_worker(clinic: Clinic) -> None:
+    # SQLAlchemy's default pool (5 + 10) made workers beyond 15 wait for a connection.
+    workers = 64 + 32  # the highest sms.concurrency and email.concurrency
+    engine = clinic.app().engine
+    held = []
+    try:
+        for _ in range(workers + 4):  # the pass itself, recovery, replies, notices
+            held.append(engine.connect())  # without a free one: waits, then TimeoutError
+        assert all(not connection.closed for connection in held)
+    finally:
+        for connection in held:
+            connection.close()

@@ -46,6 +46,9 @@ def send_due(work: Work, now_text: str | None, as_json: bool) -> Shown:
     # Offline checks only (no provider contacted): a missing secret must not eat attempts.
     require_setup(work.app, live=False)
     dispatcher = work.app.dispatcher()
-    dispatcher.recover_stale()
-    counts = views.dispatch_counts_json(dispatcher.run_once())
+    try:
+        dispatcher.recover_stale()
+        counts = views.dispatch_counts_json(dispatcher.run_once())
+    finally:
+        dispatcher.close()  # e.g. SMTP connections kept between emails end with QUIT
     return counts if as_json else render.counts(counts)
