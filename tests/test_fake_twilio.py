@@ -14,8 +14,14 @@ import pytest
 import requests
 from fakes import twilio as fake_twilio_module
 from fakes.twilio import (
+    DROP_AFTER_STORE,
+    DROP_BEFORE_STORE,
+    RATE_LIMITED,
+    SERVER_ERROR,
+    SLOW_REPLY,
     SPEC_PATH,
     FakeTwilio,
+    Faults,
     bad_gateway_html,
     contract,
     contract_drift,
@@ -553,3 +559,150 @@ def test_list_errors_are_plain_twilio_exceptions(fake: FakeTwilio) -> None:
     assert message == "Unable to fetch page"
     assert response.status_code == 401
     assert '"code": 20003' in response.text
+
+
+# -------------------------------------------------------------------------------------- faults
+
+
+ERROR_FAULTS = [(SERVER_ERROR, 500, 20500), (RATE_LIMITED, 429, 20429)]
+
+
+def _raw_fault(fake: FakeTwilio, kind: str) -> requests.Response:
+    fake.inject(Faults(rate=1.0, kinds=(kind,)))
+    return _post(fake, {"To": PATIENT, "From": CLINIC, "Body": "hi"})
+
+
+@pytest.mark.parametrize(("kind", "status", "code"), ERROR_FAULTS)
+def test_error_faults_answer_twilio_errors_and_store_nothing(
+    fake: FakeTwilio, kind: str, status: int, code: int
+) -> None:
+    fake.inject(Faults(rate=1.0, kinds=(kind,)))
+
+    with pytest.raises(TwilioRestException) as raised:
+        _send(_client(fake))
+
+    assert (raised.value.status, raised.value.code) == (status, code)
+    assert fake.created == []
+    assert [(r.fault, r.status) for r in fake.requests] == [(kind, status)]
+    assert fake.fault_counts == {kind: 1}
+    assert fake.problems == []
+
+
+@pytest.mark.parametrize(("kind", "status", "code"), ERROR_FAULTS)
+def test_error_faults_have_twilio_error_bodies(fake: FakeTwilio, kind: str, status: int, code: int) -> None:
+    response = _raw_fault(fake, kind)
+    assert response.status_code == status
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body == {
+        "code": code,
+        "message": body["message"],
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    assert body["message"]
+
+
+def test_slow_reply_fault_stores_first_and_answers_after_the_client_gave_up(fake: FakeTwilio) -> None:
+    fake.inject(Faults(rate=1.0, kinds=(SLOW_REPLY,), slow_seconds=1.0))
+    client = _client(fake, timeout=0.3)
+
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        _send(client, body="Slow but accepted.")
+
+    # Twilio has it already: a sender that asks the list API finds it and must not send again.
+    [stored] = fake.created
+    [listed] = client.messages.list(to=PATIENT, date_sent_after=datetime.now(UTC) - timedelta(minutes=2))
+    assert (listed.sid, listed.body) == (stored["sid"], "Slow but accepted.")
+    assert fake.wait_until(lambda: fake.requests[0].status == 201, timeout=3)  # the late answer
+    assert fake.requests[0].fault == SLOW_REPLY
+    assert fake.problems == []
+
+
+@pytest.mark.parametrize(("kind", "stored"), [(DROP_BEFORE_STORE, 0), (DROP_AFTER_STORE, 1)])
+def test_drop_faults_close_the_connection_without_an_answer(fake: FakeTwilio, kind: str, stored: int) -> None:
+    fake.inject(Faults(rate=1.0, kinds=(kind,)))
+    client = _client(fake)
+
+    with pytest.raises(requests.exceptions.ConnectionError) as raised:
+        _send(client, body="Dropped.")
+
+    assert not isinstance(raised.value, TwilioException)
+    assert "Remote end closed connection without response" in str(raised.value)
+    assert [(r.fault, r.status) for r in fake.requests] == [(kind, None)]  # never answered
+    assert len(fake.created) == stored
+    fake.inject(None)
+    listed = client.messages.list(to=PATIENT)
+    assert [m.sid for m in listed] == [m["sid"] for m in fake.created]
+    assert fake.problems == []
+
+
+def _fault_sequence(faults: Faults, creates: int) -> list[str | None]:
+    """The fault each of ``creates`` sequential sends got, seen from the client and from the fake."""
+    with FakeTwilio() as server:
+        server.inject(faults)
+        client = _client(server)
+        seen: list[str | None] = []
+        for number in range(creates):
+            try:
+                _send(client, body=f"Message {number}")
+                seen.append(None)
+            except TwilioRestException as exc:
+                seen.append({500: SERVER_ERROR, 429: RATE_LIMITED}[exc.status])
+            except requests.exceptions.ConnectionError:
+                seen.append("dropped")
+        drops = (DROP_BEFORE_STORE, DROP_AFTER_STORE)
+        assert ["dropped" if r.fault in drops else r.fault for r in server.requests] == seen
+        assert sum(server.fault_counts.values()) == sum(s is not None for s in seen)
+        # Every create that was not refused is stored, once: the dropped-after-store ones too.
+        assert len(server.created) == seen.count(None) + server.fault_counts[DROP_AFTER_STORE]
+        assert server.problems == []
+        return [r.fault for r in server.requests]
+
+
+def test_faults_hit_about_the_given_fraction_and_replay_with_the_seed() -> None:
+    quick = (SERVER_ERROR, RATE_LIMITED, DROP_BEFORE_STORE, DROP_AFTER_STORE)
+    first = _fault_sequence(Faults(rate=0.2, seed=11, kinds=quick), 150)
+    again = _fault_sequence(Faults(rate=0.2, seed=11, kinds=quick), 150)
+    other = _fault_sequence(Faults(rate=0.2, seed=12, kinds=quick), 150)
+
+    assert first == again
+    assert first != other
+    faulted = [kind for kind in first if kind is not None]
+    assert 15 <= len(faulted) <= 45  # 20% of 150 is 30; the seed fixes the draw, so this never flakes
+    assert set(faulted) == set(quick)
+
+
+def test_scripted_outcomes_come_before_faults(fake: FakeTwilio) -> None:
+    fake.inject(Faults(rate=1.0, kinds=(RATE_LIMITED,)))
+    fake.script(server_error())
+    client = _client(fake)
+    statuses = []
+    for _ in range(2):
+        with pytest.raises(TwilioRestException) as raised:
+            _send(client)
+        statuses.append(raised.value.status)
+    fake.inject(None)
+    _send(client)
+
+    assert statuses == [500, 429]
+    assert [r.fault for r in fake.requests] == [None, RATE_LIMITED, None]
+    assert len(fake.created) == 1
+
+
+def test_sent_counts_show_what_reached_the_fake_twice(fake: FakeTwilio) -> None:
+    client = _client(fake)
+    sids = {_send(client, body="Once.").sid, _send(client, body="Twice.").sid}
+    sids.add(_send(client, body="Twice.").sid)
+    sids.add(_send(client, to=OTHER_PATIENT, body="Twice.").sid)
+
+    assert fake.sent_counts() == {(PATIENT, "Once."): 1, (PATIENT, "Twice."): 2, (OTHER_PATIENT, "Twice."): 1}
+    assert fake.duplicates() == {(PATIENT, "Twice."): 2}
+    assert fake.issued_sids() == sids
+    assert len(sids) == 4
+
+
+@pytest.mark.parametrize("bad", [{"rate": 1.5}, {"rate": -0.1}, {"kinds": ("teapot",)}, {"kinds": ()}])
+def test_faults_refuse_nonsense(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Faults(**bad)

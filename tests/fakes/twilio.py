@@ -6,6 +6,10 @@ with ``set_status`` (what a delivery receipt would say), both then visible to li
 The real ``twilio`` client talks to it over HTTP once pointed at it with ``client.api.base_url = fake.url``
 (or ``fake.attach(client)``); every request is checked against the table in twilio_contract.py, copied from
 Twilio's OpenAPI spec. The fake never reads the spec; a test compares the two if ../shared/twilio-oai exists.
+
+``inject(Faults(...))`` fails a seeded fraction of creates (500, 429, an answer later than the client waits
+after accepting, the connection dropped before or after accepting); ``sent_counts`` and ``duplicates`` tell
+whether any (To, Body) reached the fake twice.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import functools
 import json
 import math
 import operator
+import random
 import re
 import secrets
 import socketserver
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -325,6 +331,37 @@ def slow(seconds: float) -> Outcome:
     return Outcome(delay=seconds)
 
 
+# ---------------------------------------------------------------------------------------------- faults
+
+SERVER_ERROR = "server_error"  # 500, Twilio's JSON body (code 20500); nothing stored
+RATE_LIMITED = "rate_limited"  # 429, Twilio's JSON body (code 20429); nothing stored
+SLOW_REPLY = "slow_reply"  # stored at once, answered 201 only after Faults.slow_seconds
+DROP_BEFORE_STORE = "drop_before_store"  # connection closed without an answer; nothing stored
+DROP_AFTER_STORE = "drop_after_store"  # stored, then the connection closed without an answer
+FAULT_KINDS = (SERVER_ERROR, RATE_LIMITED, SLOW_REPLY, DROP_BEFORE_STORE, DROP_AFTER_STORE)
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Seeded random failures of valid creates: a ``rate`` fraction of them get one of ``kinds``.
+
+    Scripted outcomes (``script``) come first and are never faulted. Which create gets which fault follows
+    the order creates arrive in: the same seed and the same order give the same faults.
+    """
+
+    rate: float = 0.2
+    seed: int = 0
+    kinds: tuple[str, ...] = FAULT_KINDS
+    slow_seconds: float = 2.0  # how late a slow_reply answers: more than the client's timeout
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rate <= 1:
+            raise ValueError(f"rate={self.rate} is not a fraction between 0 and 1")
+        unknown = set(self.kinds) - set(FAULT_KINDS)
+        if unknown or not self.kinds:
+            raise ValueError(f"kinds must be some of {FAULT_KINDS}, not {self.kinds}")
+
+
 # ---------------------------------------------------------------------------------------------- records
 
 
@@ -339,10 +376,11 @@ class Recorded:
     headers: dict[str, str]
     form_lists: dict[str, list[str]] = field(default_factory=dict)
     status: int | None = None  # the status the fake answered; None while pending or if it dropped the request
+    fault: str | None = None  # the injected fault (one of FAULT_KINDS) this create got, if any
 
 
 class _Abort(Exception):
-    """Drop the connection without answering (the fake is stopping)."""
+    """Drop the connection without answering (the fake is stopping, or a drop fault)."""
 
 
 # ---------------------------------------------------------------------------------------------- the server
@@ -366,6 +404,9 @@ class FakeTwilio:
         self.hold: threading.Event | None = None
         self.accepted_event = threading.Event()  # set on every accepted create; clear it yourself to reuse
         self._script: list[Outcome] = []
+        self._faults: Faults | None = None
+        self._fault_rng = random.Random(0)
+        self.fault_counts: Counter[str] = Counter()  # injected faults by kind
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._stopping = threading.Event()
@@ -444,6 +485,35 @@ class FakeTwilio:
         """Queue outcomes for the next valid creates, one per create; when empty, creates succeed."""
         with self._lock:
             self._script.extend(outcomes)
+
+    def inject(self, faults: Faults | None) -> None:
+        """Fault the creates that follow as ``faults`` says (its seed restarts the draw); None: no faults."""
+        with self._lock:
+            self._faults = faults
+            self._fault_rng = random.Random(faults.seed if faults else 0)
+
+    def sent_counts(self) -> Counter[tuple[str, str]]:
+        """How many times each (To, Body) was accepted; a count above 1 is an SMS the patient got twice."""
+        with self._lock:
+            return Counter((m["to"], m["body"]) for m in self.created)
+
+    def duplicates(self) -> dict[tuple[str, str], int]:
+        """The (To, Body) pairs accepted more than once, with their counts; empty when none."""
+        return {key: count for key, count in self.sent_counts().items() if count > 1}
+
+    def issued_sids(self) -> set[str]:
+        """The SIDs of every message this fake accepted (created)."""
+        with self._lock:
+            return {m["sid"] for m in self.created}
+
+    def _draw_fault(self) -> str | None:
+        """The fault for the next create, from the seeded draw (call with the lock held)."""
+        faults = self._faults
+        if faults is None or self._fault_rng.random() >= faults.rate:
+            return None
+        kind = self._fault_rng.choice(faults.kinds)
+        self.fault_counts[kind] += 1
+        return kind
 
     def attach(self, client: Client) -> Client:
         """Point a twilio ``Client`` at this fake (edge/region cleared: they would rewrite the URL)."""
@@ -634,7 +704,16 @@ class FakeTwilio:
             return self._reject(recorded, problems)
 
         with self._lock:
-            outcome = self._script.pop(0) if self._script else Outcome()
+            scripted = bool(self._script)
+            outcome = self._script.pop(0) if scripted else Outcome()
+            recorded.fault = fault = None if scripted else self._draw_fault()
+            late = self._faults.slow_seconds if fault == SLOW_REPLY and self._faults else 0.0
+        if fault == SERVER_ERROR:
+            return Reply.error(500, 20500, "An internal server error has occurred")
+        if fault == RATE_LIMITED:
+            return Reply.error(429, 20429, "Too Many Requests")
+        if fault == DROP_BEFORE_STORE:
+            raise _Abort
         if outcome.delay and self._stopping.wait(outcome.delay):
             raise _Abort
         if outcome.body is not None:
@@ -646,6 +725,10 @@ class FakeTwilio:
             self._listed.append(message)
             self.accepted_event.set()
             self._changed.notify_all()
+        if fault == DROP_AFTER_STORE:
+            raise _Abort
+        if late and self._stopping.wait(late):
+            raise _Abort
         hold = self.hold
         if hold is not None:
             while not hold.wait(0.05):
@@ -851,9 +934,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 __all__ = [
+    "DROP_AFTER_STORE",
+    "DROP_BEFORE_STORE",
+    "FAULT_KINDS",
+    "RATE_LIMITED",
+    "SERVER_ERROR",
+    "SLOW_REPLY",
     "SPEC_PATH",
     "Contract",
     "FakeTwilio",
+    "Faults",
     "Outcome",
     "Recorded",
     "bad_gateway_html",
