@@ -105,6 +105,23 @@ def run_daemon(app: App, stop: threading.Event | None = None,
     """Dispatch every poll interval until `stop` is set (or SIGTERM/SIGINT arrives); with
     `metrics_port`, serve /healthz and /metrics on 127.0.0.1 meanwhile."""
     stop = stop or threading.Event()
+    previous = {}
+    if handle_signals:
+        # Before anything starts: a SIGTERM while the sender starts must stop it cleanly,
+        # not kill the process with sends in flight.
+        def _on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s, finishing the send in flight", signal.Signals(signum).name)
+            stop.set()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, _on_signal)
+    try:
+        _serve(app, stop, metrics_port)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _serve(app: App, stop: threading.Event, metrics_port: int | None) -> None:
     heartbeat = Heartbeat.for_app(app)
     metrics = None
     if metrics_port is not None:
@@ -123,13 +140,6 @@ def run_daemon(app: App, stop: threading.Event | None = None,
         raise
     if metrics is not None:
         log.info("health and metrics at http://127.0.0.1:%d/healthz and /metrics", metrics_port)
-    previous = {}
-    if handle_signals:
-        def _on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s, finishing the send in flight", signal.Signals(signum).name)
-            stop.set()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, _on_signal)
     log.info("daemon started: %s", sender.describe())
     try:
         while not stop.wait(1.0):
@@ -139,9 +149,23 @@ def run_daemon(app: App, stop: threading.Event | None = None,
         if metrics is not None:
             metrics.shutdown()
             metrics.server_close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         log.info("daemon stopped")
+
+
+class _QuietBusyJobs(logging.Filter):
+    """APScheduler warns at every tick a job is still running ("maximum number of running
+    instances reached"): with a long pass and a short poll, many lines a second of nothing
+    wrong (the next pass catches up through SQL). Those go to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and \
+                "maximum number of running instances reached" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("apscheduler.scheduler").addFilter(_QuietBusyJobs())
 
 
 def _on_job_event(event: JobExecutionEvent) -> None:

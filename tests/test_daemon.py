@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import signal
 import subprocess
@@ -209,3 +210,77 @@ def test_serve_answers_webhooks_and_sends_in_one_process(clinic: Clinic) -> None
     assert "Traceback" not in stderr
     assert clinic.rows("SELECT sms_opted_out_at IS NOT NULL FROM patient") == [(1,)]
     assert "+12125550123" not in stderr and "STOP" not in stderr.replace("SIGTERM", "")
+
+
+START_WITH_A_SIGTERM = """
+import os, signal, sys
+from aftercare import daemon
+from aftercare.app import App
+
+started = daemon.Sender.start
+
+def start(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # arrives while the sender starts
+    return started(*args, **kwargs)
+
+daemon.Sender.start = start
+daemon.run_daemon(App.from_config(sys.argv[1]))
+print("stopped cleanly")
+"""
+
+
+@pytest.mark.sqlite_only  # about signals, not the database
+def test_a_sigterm_while_the_sender_starts_stops_it_cleanly(clinic: Clinic) -> None:
+    # The handlers used to be installed after the sender had started: a SIGTERM in between
+    # killed the process with sends in flight.
+    done = subprocess.run([sys.executable, "-c", START_WITH_A_SIGTERM, str(clinic.config)],
+                          cwd=clinic.folder, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "stopped cleanly" in done.stdout
+
+
+@pytest.mark.sqlite_only
+def test_a_long_pass_does_not_flood_the_log(clinic: Clinic,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    # APScheduler warned at every tick while a pass ran longer than the poll interval.
+    _enroll_due_now(clinic)
+    in_flight, release = threading.Event(), threading.Event()
+    stop = threading.Event()
+
+    class SlowChannel(Channel):
+        name = "sms"
+
+        def send(self, message: Outgoing) -> str:
+            in_flight.set()
+            release.wait(DEADLINE)
+            return "slow-1"
+
+    app = clinic.app(console=io.StringIO())
+    app.channels["sms"] = SlowChannel()
+    skipped: list[logging.LogRecord] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "maximum number of running instances" in record.getMessage():
+                skipped.append(record)
+
+    scheduler_log = logging.getLogger("apscheduler.scheduler")
+    seen, level = Seen(level=logging.DEBUG), scheduler_log.level
+    scheduler_log.addHandler(seen)
+    scheduler_log.setLevel(logging.DEBUG)  # to see the demoted lines arrive
+    caplog.set_level(logging.INFO)
+    daemon = threading.Thread(target=run_daemon, args=(app, stop, False), daemon=True)
+    daemon.start()
+    try:
+        assert in_flight.wait(DEADLINE)
+        _wait_for(lambda: len(skipped) >= 3, "ticks skipped while the pass runs")  # poll 0.2 s
+    finally:
+        stop.set()
+        release.set()
+        daemon.join(DEADLINE)
+        scheduler_log.removeHandler(seen)
+        scheduler_log.setLevel(level)
+    assert {record.levelno for record in skipped} == {logging.DEBUG}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING
+                and "maximum number of running instances" in r.getMessage()]
