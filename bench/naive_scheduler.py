@@ -143,8 +143,8 @@ def main() -> None:
     parser.add_argument("--reminders", type=int, default=100_000,
                         help="about how many reminders (message rows) to plan")
     args = parser.parse_args()
-    # The import bench's sessions plan about 8.6 message rows each.
-    sessions = max(1, round(args.reminders / 8.6))
+    # The import bench's sessions plan about 5.1 message rows each.
+    sessions = max(1, round(args.reminders / 5.12))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         ours, reminders = aftercare_side(folder, sessions)
