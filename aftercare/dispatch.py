@@ -34,7 +34,7 @@ from aftercare.models import (
 )
 from aftercare.planning import Planner, replan, why_unwanted
 from aftercare.protocols import ProtocolBook
-from aftercare.queries import neighbour_session
+from aftercare.queries import AnySession, SessionRow, neighbour_session, sessions_of_courses
 from aftercare.rendering import Rendered, Renderer, message_context
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class _Loaded:
 
     patients: dict[int, Patient]
     courses: dict[int, Course]
-    sessions: dict[int, list[Session]]
+    sessions: dict[int, list[SessionRow]]
     had_sms: set[int]
 
 
@@ -186,13 +186,17 @@ class Dispatcher:
         """How many rows one claim may take: as many as every channel can send within half a
         lease even if every send takes its whole timeout (`concurrency` at a time), and whose
         turn at a paced channel's rate comes within a quarter lease, so no row waits out its
-        lease."""
+        lease. A channel that never touches the network (`offline`) has no timeout to wait
+        out: it leaves the claim at `daemon.batch_size`."""
         lease = self.settings.daemon.lease_seconds
         limit = float(self.settings.daemon.batch_size)
         for name, channel in self.channels.items():
-            section = getattr(self.settings, name, None)
-            timeout = getattr(section, "timeout_seconds", self.settings.longest_send_seconds)
-            limit = min(limit, channel.concurrency * lease / 2 / timeout)
+            # Declared by the channels that are (ConsoleChannel); any other may hang on a
+            # provider for its whole timeout.
+            if not channel.offline:
+                section = getattr(self.settings, name, None)
+                timeout = getattr(section, "timeout_seconds", self.settings.longest_send_seconds)
+                limit = min(limit, channel.concurrency * lease / 2 / timeout)
             if channel.pace is not None:
                 # Other daemons share the rate: a longer wait renews the claim (`_wait_turn`).
                 limit = min(limit, lease / 4 * channel.pace.rate / channel.max_cost)
@@ -296,7 +300,9 @@ class Dispatcher:
         messages to send; counts the ones that end here."""
         ready: list[tuple[Claim, Outgoing]] = []
         ended: list[str | None] = []
-        with DbSession(self.engine) as db:
+        # Nothing loaded here is read after the commit: expiring every patient, course and
+        # session of the group at it would only cost time.
+        with DbSession(self.engine, expire_on_commit=False) as db:
             self._write_sent(db, sent)
             held = _held_many(db, group)
             loaded = _load(db, list(held.values()))
@@ -327,17 +333,28 @@ class Dispatcher:
     def _write_sent(self, db: DbSession, sent: list[_Sent]) -> None:
         """Record the sends in `sent` in the caller's transaction (compare-and-swap each);
         the caller reports them (`_recorded`) once it committed."""
+        if not sent:
+            return
         # Core statements on the session's connection: the ORM's UPDATE would compare each
         # against every row the transaction loaded.
-        connection = db.connection() if sent else None
+        connection = db.connection()
+        # The rows still held, locked in id order (as `_held_many` locks them): the one
+        # statement below then writes exactly those, each still guarded by its claim. Per
+        # row, a statement's own overhead cost more than its write.
+        held = {(message_id, token) for message_id, status, token in connection.execute(
+            select(Message.id, Message.status, Message.claim_token)
+            .where(col(Message.id).in_([item.claim.message_id for item in sent]))
+            .order_by(col(Message.id)).with_for_update())
+            if status == MessageStatus.SENDING}
+        mine = [item for item in sent if (item.claim.message_id, item.claim.token) in held]
         for item in sent:
-            assert connection is not None
-            result = connection.execute(_RECORD_SENT, {
-                "b_id": item.claim.message_id, "b_token": item.claim.token, "b_at": item.at,
-                "b_provider_id": item.provider_id})
-            if result.rowcount != 1:
+            if (item.claim.message_id, item.claim.token) not in held:
                 log.warning("message %s was sent but its claim had been taken over",
                             item.claim.message_id)
+        if mine:
+            connection.execute(_RECORD_SENT, [
+                {"b_id": item.claim.message_id, "b_token": item.claim.token, "b_at": item.at,
+                 "b_provider_id": item.provider_id} for item in mine])
 
     def _write_sent_safely(self, sent: list[_Sent]) -> int:
         """`_write_sent` in its own transaction: how many were written (errors leave the
@@ -491,7 +508,8 @@ class Dispatcher:
 
         `loaded`: its patient (locked), course and sessions read beforehand with others'.
         """
-        sessions: list[Session] | None = None
+        sessions: list[SessionRow] | None = None
+        session: AnySession | None
         if loaded is None:
             patient = _patient_locked(db, message)
             course = db.get(Course, message.course_id)
@@ -543,18 +561,18 @@ class Dispatcher:
                         html=rendered.html, at=now, patient_id=patient.id)
 
     def _render(self, db: DbSession, message: Message, patient: Patient, course: Course,
-                session: Session, loaded: _Loaded | None = None) -> Rendered:
+                session: AnySession, loaded: _Loaded | None = None) -> Rendered:
         protocol = self.protocols.get(course.treatment)
         step = protocol.step(message.step)
 
-        def neighbour(status: str, later: bool) -> Session | None:
+        def neighbour(status: str, later: bool) -> AnySession | None:
             if loaded is None:
                 return neighbour_session(db, session, status, later=later)
             return _neighbour(loaded.sessions[course.id or 0], session, status, later=later)
 
         # Aftercare, nudges and maintenance are anchored on a completed session already.
-        done: Session | None = session
-        next_session: Session | None = None
+        done: AnySession | None = session
+        next_session: AnySession | None = None
         if step.anchor == "next_session":
             done = neighbour(SessionStatus.COMPLETED, later=False)
             # A reminder of a booked session speaks of it and of the last session done.
@@ -911,19 +929,16 @@ def _load(db: DbSession, messages: list[Message]) -> _Loaded:
         .with_for_update().execution_options(populate_existing=True)).all()}
     courses = {c.id or 0: c for c in db.exec(
         select(Course).where(col(Course.id).in_(course_ids))).all()}
-    sessions: dict[int, list[Session]] = {course_id: [] for course_id in course_ids}
-    # The order of `sessions_of`: the plan's rule reads a course's sessions in time order.
-    for session in db.exec(select(Session).where(col(Session.course_id).in_(course_ids))
-                           .order_by(col(Session.at), col(Session.id))).all():
-        sessions[session.course_id].append(session)
+    # Read, not tracked: nothing here changes a session (a re-plan reads its own).
+    sessions = sessions_of_courses(db, course_ids)
     had_sms = set(db.exec(select(Message.patient_id).distinct().where(
         col(Message.patient_id).in_(patient_ids), Message.channel == "sms",
         col(Message.status).in_(ACCEPTED))).all())
     return _Loaded(patients, courses, sessions, had_sms)
 
 
-def _neighbour(sessions: list[Session], session: Session, status: str, *,
-               later: bool) -> Session | None:
+def _neighbour(sessions: list[SessionRow], session: AnySession, status: str, *,
+               later: bool) -> SessionRow | None:
     """`queries.neighbour_session` on a course's sessions already read (in time order)."""
     if later:
         return next((s for s in sessions if s.status == status and s.at > session.at), None)

@@ -9,7 +9,7 @@ applies and revives what applies again. Rows already sent, failed or expired nev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -32,7 +32,7 @@ from aftercare.models import (
     SessionStatus,
 )
 from aftercare.protocols import Protocol, ProtocolBook, Step
-from aftercare.queries import courses_of, sessions_of
+from aftercare.queries import AnySession, courses_of, sessions_of
 from aftercare.quiet_hours import QuietHours
 from aftercare.reachability import routes
 
@@ -79,7 +79,7 @@ class PlanChanges:
 
 @dataclass(frozen=True)
 class _Want:
-    session: Session
+    session: AnySession
     step: Step
     occurrence: int
     channel: str
@@ -208,42 +208,50 @@ def _settle_status(course: Course, sessions: Iterable[Session]) -> None:
 
 
 def _wanted(planner: Planner, protocol: Protocol, course: Course, patient: Patient,
-            sessions: list[Session]) -> Iterable[_Want]:
-    """Every message the course should have, whether or not its time has passed."""
+            sessions: Sequence[AnySession], only: str | None = None) -> Iterable[_Want]:
+    """Every message the course should have, whether or not its time has passed; `only`:
+    just those of the step with that key (each step's wants never depend on another's)."""
     tz = zone(patient.timezone)
+    # A step's routes are the patient's, the same for every session: asked once a step.
+    channels: dict[str, list[str]] = {}
 
-    def each(session: Session, steps: list[Step], moment: datetime,
+    def each(session: AnySession, steps: list[Step], moment: datetime,
              occurrence: int = 0) -> Iterable[_Want]:
         for step in steps:
-            for channel in routes(step.channels, patient):
+            if step.key not in channels:
+                channels[step.key] = routes(step.channels, patient)
+            for channel in channels[step.key]:
                 yield _Want(session, step, occurrence, channel, step.planned_at(moment, tz))
 
-    def current(steps: list[Step], session: Session) -> list[Step]:
+    def current(steps: list[Step], session: AnySession) -> list[Step]:
         return [step for step in steps if not superseded(step, session, sessions)]
+
+    def steps_for(anchor: str) -> list[Step]:
+        return [step for step in protocol.steps_for(anchor) if only in (None, step.key)]
 
     live = [s for s in sessions if s.status in LIVE_SESSIONS]
     completed = [s for s in live if s.status == SessionStatus.COMPLETED]
     booked = [s for s in live if s.status == SessionStatus.BOOKED]
     for session in completed:
-        steps = [s for s in protocol.steps_for("session")
+        steps = [s for s in steps_for("session")
                  if s.applies_to(session.number, course.sessions_planned)]
         yield from each(session, current(steps, session), session.at)
     for session in booked:
-        yield from each(session, current(protocol.steps_for("next_session"), session),
+        yield from each(session, current(steps_for("next_session"), session),
                         session.at, session.moves)
     if not completed:
         return
     last = completed[-1]
     if last.number < course.sessions_planned:
         due = last.at + timedelta(days=course.spacing_days)
-        yield from each(last, current(protocol.steps_for("rebooking"), last), due)
+        yield from each(last, current(steps_for("rebooking"), last), due)
     elif protocol.maintenance is not None:
-        steps = current(protocol.steps_for("maintenance"), last)
+        steps = current(steps_for("maintenance"), last)
         for occurrence, offset in enumerate(protocol.maintenance.offsets(planner.horizon), 1):
             yield from each(last, steps, last.at + offset, occurrence)
 
 
-def superseded(step: Step, session: Session, sessions: Iterable[Session]) -> bool:
+def superseded(step: Step, session: AnySession, sessions: Iterable[AnySession]) -> bool:
     """Whether `step` of `session` is moot (Step.supersedable) because a later session of
     the course (among `sessions`) is booked or done."""
     return step.supersedable and any(s.at > session.at and s.status in LIVE_SESSIONS
@@ -251,8 +259,8 @@ def superseded(step: Step, session: Session, sessions: Iterable[Session]) -> boo
 
 
 def why_unwanted(db: DbSession, planner: Planner, message: Message, patient: Patient,
-                 course: Course, session: Session, *,
-                 sessions: list[Session] | None = None) -> str | None:
+                 course: Course, session: AnySession, *,
+                 sessions: Sequence[AnySession] | None = None) -> str | None:
     """Why the plan no longer wants `message` sent, or None: the very rule of `replan`
     (`_wanted`), asked again at send time for a row claimed before a change reached it.
 
@@ -273,8 +281,9 @@ def why_unwanted(db: DbSession, planner: Planner, message: Message, patient: Pat
     if sessions is None:
         sessions = sessions_of(db, course)
     key = (message.session_id, message.step, message.occurrence, message.channel)
+    # The wants of the message's own step only: the same rule, not the course's whole plan.
     if any(key == (w.session.id, w.step.key, w.occurrence, w.channel)
-           for w in _wanted(planner, protocol, course, patient, sessions)):
+           for w in _wanted(planner, protocol, course, patient, sessions, only=message.step)):
         return None
     # Not in the plan any more; say why as precisely as the plan's pieces allow.
     if superseded(step, session, sessions):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
+import sqlalchemy
 from sqlmodel import Session as DbSession
 from sqlmodel import SQLModel, col, select
 
@@ -13,6 +16,23 @@ from aftercare.models import Course, Notice, NoticeKind, Patient, Session
 Row = TypeVar("Row", bound=SQLModel)
 
 MAX_ID = 2**63 - 1  # the largest id a database column holds; larger is nobody's
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """What the plan and the templates read of a session, as read: not tracked by the ORM,
+    which cost the dispatcher more to build than judging the messages did."""
+
+    id: int
+    course_id: int
+    number: int
+    at: datetime
+    moves: int
+    status: str
+
+
+# A session as the plan's rule and the templates take it: either kind reads the same.
+AnySession = Session | SessionRow
 
 
 def get_by_id(db: DbSession, model: type[Row], ident: int) -> Row | None:
@@ -24,6 +44,21 @@ def sessions_of(db: DbSession, course: Course) -> list[Session]:
     """The course's sessions in time order, whatever their status."""
     return list(db.exec(select(Session).where(Session.course_id == course.id)
                         .order_by(col(Session.at), col(Session.id))).all())
+
+
+def sessions_of_courses(db: DbSession, course_ids: Iterable[int]) -> dict[int, list[SessionRow]]:
+    """Each course's sessions in `sessions_of`'s order, read in one query, as SessionRow."""
+    wanted = sorted(set(course_ids))
+    found: dict[int, list[SessionRow]] = {i: [] for i in wanted}
+    if wanted:
+        # Core on the session's connection (in its transaction): plain rows, no ORM objects.
+        table = sqlalchemy.inspect(Session).local_table
+        for row in db.connection().execute(
+                sqlalchemy.select(table.c.id, table.c.course_id, table.c.number, table.c.at,
+                                  table.c.moves, table.c.status)
+                .where(table.c.course_id.in_(wanted)).order_by(table.c.at, table.c.id)):
+            found[row.course_id].append(SessionRow(*row))
+    return found
 
 
 def courses_of(db: DbSession, patient_id: int | None) -> list[Course]:
@@ -62,7 +97,7 @@ def alerts_by_reply(db: DbSession, reply_ids: Iterable[int]) -> dict[int, list[N
     return found
 
 
-def neighbour_session(db: DbSession, session: Session, status: str, *,
+def neighbour_session(db: DbSession, session: AnySession, status: str, *,
                       later: bool) -> Session | None:
     """The nearest session of the same course with `status`, after or before `session`.
 

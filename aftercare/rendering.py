@@ -5,19 +5,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aftercare.clock import zone
 from aftercare.config import ClinicConfig
-from aftercare.models import Course, Patient, Session
+from aftercare.models import Course, Patient
 from aftercare.protocols import Protocol
 from aftercare.resources import data_dir
 from aftercare.segments import to_gsm7
 
 if TYPE_CHECKING:
+    from babel import Locale as BabelLocale
     from jinja2 import Environment, Template
+
+    from aftercare.queries import AnySession
 
 # Babel/CLDR put narrow and plain no-break spaces in times ("10:00\u202fAM"); either one
 # silently turns a whole SMS into UCS-2, halving what fits in a segment.
@@ -150,9 +153,18 @@ def paragraphs(text: str) -> list[dict[str, Any]]:
 def _moment(at: datetime, timezone: str, locale: str) -> dict[str, str]:
     from babel.dates import format_date, format_time  # Babel's CLDR data costs a start ~0.1 s
 
-    local = at.astimezone(zone(timezone))
-    return {"date": format_date(local, "EEEE d MMMM", locale=locale).translate(_SPACES),
-            "time": format_time(local, "short", locale=locale).translate(_SPACES)}
+    local, parsed = at.astimezone(zone(timezone)), _babel_locale(locale)
+    return {"date": format_date(local, "EEEE d MMMM", locale=parsed).translate(_SPACES),
+            "time": format_time(local, "short", locale=parsed).translate(_SPACES)}
+
+
+@cache
+def _babel_locale(locale: str) -> BabelLocale:
+    """Babel's locale `locale`, parsed once a process (its data ships with Babel): every
+    date and time of every message would parse it again."""
+    from babel import Locale
+
+    return Locale.parse(locale)
 
 
 def message_context(
@@ -160,8 +172,8 @@ def message_context(
     patient: Patient,
     protocol: Protocol,
     course: Course,
-    session: Session,
-    next_session: Session | None,
+    session: AnySession,
+    next_session: AnySession | None,
     *,
     first_sms: bool,
     first_visit: bool = False,

@@ -14,11 +14,16 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import ExecutionContext
 from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.exc import DBAPIError
+from sqlmodel import select
 
 from aftercare.app import App
 from aftercare.channels import Channel, Outgoing
+from aftercare.dispatch import Claim
 from aftercare.errors import SendError
+from aftercare.models import Course, Message, Patient, Session
 from aftercare.outbox import next_due
+from aftercare.planning import _wanted, why_unwanted
+from aftercare.queries import sessions_of, sessions_of_courses
 from aftercare.rendering import Rendered
 from conftest import Clinic, FixedClock, recover_at, run_at, utc
 
@@ -424,3 +429,114 @@ def test_one_message_that_breaks_the_sender_does_not_end_the_pass(
     assert (counts.sent, counts.retrying) == (1, 1)
     assert _status(enrolled, "first_48h", "sms") == ("pending", 1, "internal error: RuntimeError")
     assert _status(enrolled, "first_48h", "email")[0] == "sent"
+
+
+def _due_for(clinic: Clinic, patients: int) -> None:
+    """`patients` patients, each with first_48h due on sms and email an hour after SESSION."""
+    for i in range(patients):
+        clinic.json("patient", "add", "--name", f"Pat {i}", "--phone", f"+1212555014{i}",
+                    "--email", f"p{i}@example.com", "--ref", f"P{i}")
+        clinic.json("--now", "2026-03-02T11:00-05:00", "enroll", f"P{i}", "--treatment",
+                    "cellulite", "--session-at", "2026-03-02T10:30")
+
+
+def test_console_channels_claim_a_whole_batch(clinic: Clinic,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A console never waits on a provider: its claims are not sized by a timeout it
+    # never waits out (300 s lease / 2 / email's 30 s would make claims of 5).
+    _due_for(clinic, 4)
+    app = clinic.app(console=io.StringIO())
+    dispatcher = app.dispatcher()
+    assert dispatcher.batch_limit() == app.settings.daemon.batch_size == 50
+    claimed: list[int] = []
+    claim = dispatcher.claim
+
+    def counted(limit: int, **kwargs: Any) -> list[Claim]:
+        claims = claim(limit, **kwargs)
+        claimed.append(len(claims))
+        return claims
+
+    monkeypatch.setattr(dispatcher, "claim", counted)
+    assert run_at(dispatcher, SESSION + timedelta(hours=1)).sent == 8
+    assert claimed == [8, 0]  # all eight in one claim
+    # Beside a channel that may wait on a provider, the claim is its size again.
+    app.channels["email"] = ScriptedChannel("email")
+    assert app.dispatcher().batch_limit() == 1 * 300 / 2 / 30 == 5
+    app.settings.daemon.batch_size = 3
+    assert app.dispatcher().batch_limit() == 3  # and never above the configured batch
+
+
+def test_a_group_never_overwrites_a_claim_taken_over_meanwhile(clinic: Clinic) -> None:
+    _due_for(clinic, 3)
+    now = SESSION + timedelta(hours=1)
+    late = now + timedelta(seconds=360)  # past the lease of every claim of the first pass
+    other = _app(clinic, FixedClock(late)).dispatcher()  # console channels
+    taken_over: list[tuple[int, int]] = []
+
+    def hangs_past_the_lease(message: Outgoing) -> None:
+        # The second patient's SMS (in a group, after the first patient's email, whose
+        # send is not written yet) hangs: another sender takes the claim over.
+        if message.patient_id == 2 and not taken_over:
+            taken_over.append((recover_at(other, late), run_at(other, late).sent))
+
+    sms = ScriptedChannel("sms", on_send=hangs_past_the_lease)
+    email = ScriptedChannel("email")
+    dispatcher = _app(clinic, FixedClock(now), sms=sms, email=email).dispatcher()
+    run_at(dispatcher, now)
+    # The claim held five rows (email's timeout): the four not yet written went back to
+    # pending, and the other sender sent them with the sixth.
+    assert taken_over == [(4, 5)]
+    assert [(m.patient_id, m.channel) for m in sms.sent + email.sent] == [
+        (1, "sms"), (2, "sms"), (1, "email")]
+    # Only the first SMS, sent and written before the takeover, is the first sender's:
+    # the writes of the two sends in flight found their claims gone and changed nothing.
+    at, later = (f"{moment:%Y-%m-%d %H:%M:%S.%f}" for moment in (now, late))
+    assert clinic.rows("SELECT id, status, provider_id, sent_at FROM message "
+                       "WHERE step = 'first_48h' ORDER BY id") == [
+        (message_id, "sent", f"scripted-{message_id}" if message_id == 1
+         else f"console-{message_id}", at if message_id == 1 else later)
+        for (message_id,) in clinic.rows("SELECT id FROM message WHERE step = 'first_48h' "
+                                         "ORDER BY id")]
+
+
+def test_the_send_time_check_agrees_with_the_whole_plan(clinic: Clinic) -> None:
+    # `why_unwanted` asks the plan's rule for the message's own step only: it must judge
+    # every row as the course's whole plan would, whatever the step's anchor, on the
+    # course's sessions read either way.
+    for ref, treatment, booked in (("A1", "cellulite", True), ("B1", "hyaluronic-acid", False),
+                                   ("C1", "cellulite", False)):
+        clinic.json("patient", "add", "--name", "Ana Diaz", "--phone", "+12125550126",
+                    "--email", "ana@example.com", "--ref", ref)
+        clinic.json("--now", "2026-03-02T11:00-05:00", "enroll", ref, "--treatment", treatment,
+                    "--session-at", "2026-03-02T10:30",
+                    *(["--next-session-at", "2026-03-16T10:30"] if booked else []))
+    # Changes the plan did not see: consent to SMS withdrawn, a session booked elsewhere.
+    clinic.rows("UPDATE patient SET channels = 'email' WHERE ref = 'A1'")
+    clinic.rows("INSERT INTO session (course_id, number, number_fixed, at, moves, status, "
+                "created_at) VALUES (2, 2, FALSE, '2026-04-06 14:30:00', 0, 'booked', "
+                "'2026-03-20 15:00:00')")
+    app = clinic.app(clock=FixedClock(SESSION + timedelta(days=3)))
+    planner = app.planner()
+    judged: list[bool] = []
+    with app.db() as db:
+        messages = db.exec(select(Message)).all()
+        assert {m.step for m in messages} >= {"first_48h", "session_reminder", "rebook",
+                                              "maintenance"}
+        for message in messages:
+            patient, course = db.get(Patient, message.patient_id), db.get(Course, message.course_id)
+            session = db.get(Session, message.session_id)
+            assert patient is not None and course is not None and session is not None
+            plan = {(w.session.id, w.step.key, w.occurrence, w.channel) for w in _wanted(
+                planner, app.protocols.get(course.treatment), course, patient,
+                sessions_of(db, course))}
+            wanted = (message.session_id, message.step, message.occurrence,
+                      message.channel) in plan
+            reason = why_unwanted(db, planner, message, patient, course, session)
+            assert (reason is None) == wanted, (message.step, message.channel, reason)
+            # The same verdict on the sessions as a group of messages reads them.
+            rows = sessions_of_courses(db, [course.id or 0])[course.id or 0]
+            row = next(r for r in rows if r.id == session.id)
+            assert why_unwanted(db, planner, message, patient, course, row,
+                                sessions=rows) == reason
+            judged.append(wanted)
+    assert any(judged) and not all(judged)

@@ -42,6 +42,9 @@ class Channel(ABC):
     pace: Pace | None = None
     # The most one message may cost against the pace (an SMS: its segments).
     max_cost: float = 1.0
+    # True for a channel that never touches the network (console): no send waits out a
+    # timeout, so claims are not sized by one.
+    offline: bool = False
 
     @abstractmethod
     def send(self, message: Outgoing) -> str: ...

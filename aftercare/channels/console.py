@@ -14,6 +14,8 @@ _RULE = "-" * 72
 class ConsoleChannel(Channel):
     """Writes each message to a stream, as the patient would see it."""
 
+    offline = True  # no provider: claims are not sized by a timeout (`batch_limit`)
+
     def __init__(self, name: str, stream: TextIO | None = None) -> None:
         self.name = name
         self._stream = stream
