@@ -7,8 +7,6 @@ import pytest
 from conftest import Clinic
 from console_kit import EMAILS, Console, console
 
-pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
-
 __all__ = ["console"]
 
 TABLES = ("course", "session", "message", "event")

@@ -17,8 +17,6 @@ from aftercare.web.console.imports import uploads
 from conftest import Clinic
 from console_kit import EMAILS, Console, console
 
-pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
-
 __all__ = ["console"]
 
 HEADER = ("ref,name,phone,email,timezone,locale,channels,treatment,area,session_at,"

@@ -17,8 +17,6 @@ from aftercare.replies import Incoming, settle, store
 from conftest import Clinic
 from console_kit import EMAILS, Console, console
 
-pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
-
 __all__ = ["console"]
 
 NOW = "2026-12-01T10:00"  # the console's fixed clock, in the clinic's time zone (New York)

@@ -12,8 +12,6 @@ from aftercare.staff import authenticate
 from conftest import Clinic
 from console_kit import EMAILS, NAMES, PASSWORDS, Console, console
 
-pytestmark = pytest.mark.backends  # the same tests on SQLite and PostgreSQL
-
 __all__ = ["console"]
 
 NEW = {"email": "Nina@Lumiere.example", "name": "Nina New", "role": "clinician",

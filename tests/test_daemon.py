@@ -66,21 +66,27 @@ def test_daemon_process_sends_and_stops_on_sigterm(clinic: Clinic) -> None:
     assert "Reply STOP" in stdout  # the console channel printed the first SMS
 
 
+class SlowChannel(Channel):
+    """An SMS channel whose send waits until the test releases it."""
+
+    name = "sms"
+
+    def __init__(self) -> None:
+        self.in_flight, self.release = threading.Event(), threading.Event()
+
+    def send(self, message: Outgoing) -> str:
+        self.in_flight.set()
+        self.release.wait(DEADLINE)
+        return "slow-1"
+
+
 def test_stop_waits_for_the_send_in_flight(clinic: Clinic) -> None:
     _enroll_due_now(clinic)
-    in_flight, release = threading.Event(), threading.Event()
+    slow = SlowChannel()
+    in_flight, release = slow.in_flight, slow.release
     stop = threading.Event()
-
-    class SlowChannel(Channel):
-        name = "sms"
-
-        def send(self, message: Outgoing) -> str:
-            in_flight.set()
-            release.wait(DEADLINE)
-            return "slow-1"
-
     app = clinic.app(console=io.StringIO())
-    app.channels["sms"] = SlowChannel()
+    app.channels["sms"] = slow
     daemon = threading.Thread(target=run_daemon, args=(app, stop, False), daemon=True)
     daemon.start()
     try:
@@ -245,19 +251,11 @@ def test_a_long_pass_does_not_flood_the_log(clinic: Clinic,
                                             caplog: pytest.LogCaptureFixture) -> None:
     # APScheduler warned at every tick while a pass ran longer than the poll interval.
     _enroll_due_now(clinic)
-    in_flight, release = threading.Event(), threading.Event()
+    slow = SlowChannel()
+    in_flight, release = slow.in_flight, slow.release
     stop = threading.Event()
-
-    class SlowChannel(Channel):
-        name = "sms"
-
-        def send(self, message: Outgoing) -> str:
-            in_flight.set()
-            release.wait(DEADLINE)
-            return "slow-1"
-
     app = clinic.app(console=io.StringIO())
-    app.channels["sms"] = SlowChannel()
+    app.channels["sms"] = slow
     skipped: list[logging.LogRecord] = []
 
     class Seen(logging.Handler):
