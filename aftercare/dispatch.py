@@ -683,42 +683,59 @@ class Dispatcher:
                 select(Message, Patient)
                 .join(Patient, col(Patient.id) == Message.patient_id)
                 .where(Message.status == MessageStatus.SENDING,
-                       col(Message.claimed_at) < now - lease)).all()
+                       col(Message.claimed_at) < now - lease)
+                .order_by(col(Message.claimed_at), col(Message.id))).all()
                 if message.claim_token not in live]
-        requeued = adopted = failed = 0
+        outcomes: Counter[str] = Counter()
         for message, patient in stale:
             try:
-                provider_id = self._already_sent(message, patient)
-            except SendError as exc:
-                log.warning("message %s: cannot ask the provider whether it was sent (%s); "
-                            "will ask again", message.id, exc.reason)
+                outcome = self._settle_stale(message, patient, now)
+            except Exception as exc:
+                # One row's trouble (its database write, the provider's client) must not
+                # keep the rows after it unsettled: they are tried now, it next round.
+                log.error("message %s: settling the interrupted send failed (%s); tried again "
+                          "next round", message.id, type(exc).__name__)
+                log.debug("message %s: error detail", message.id, exc_info=True)
                 continue
-            if provider_id is not None:
-                values: dict[str, object] = {"status": MessageStatus.SENT, "sent_at": now,
-                                             "provider_id": provider_id,
-                                             "last_error": "adopted after an interrupted send"}
-                adopted += 1
-            elif message.attempts >= getattr(self.settings, message.channel).max_attempts:
-                values = {"status": MessageStatus.FAILED,
-                          "last_error": f"send interrupted {message.attempts} times"}
-                failed += 1
-            else:
-                values = {"status": MessageStatus.PENDING}
-                requeued += 1
-            with DbSession(self.engine) as db:
-                # Compare-and-swap on the claim as it was seen stale: a sender that renewed
-                # it meanwhile (its send started after all) keeps it.
-                db.exec(update(Message)
-                        .where(col(Message.id) == message.id,
-                               col(Message.status) == MessageStatus.SENDING,
-                               _same(Message.claim_token, message.claim_token),
-                               col(Message.claimed_at) == message.claimed_at)
-                        .values(claim_token=None, claimed_at=None, updated_at=now, **values))
-                db.commit()
+            if outcome is not None:
+                outcomes[outcome] += 1
         if stale:
-            log.warning("interrupted sends: %s adopted, %s requeued, %s failed", adopted,
-                        requeued, failed)
-        return requeued
+            log.warning("interrupted sends: %s adopted, %s requeued, %s failed",
+                        outcomes["adopted"], outcomes["requeued"], outcomes["failed"])
+        return outcomes["requeued"]
+
+    def _settle_stale(self, message: Message, patient: Patient, now: datetime) -> str | None:
+        """Adopt, requeue or fail one row whose claim outlived its lease; what was done, or
+        None when the provider cannot tell yet (asked again next round)."""
+        try:
+            provider_id = self._already_sent(message, patient)
+        except SendError as exc:
+            log.warning("message %s: cannot ask the provider whether it was sent (%s); "
+                        "will ask again", message.id, exc.reason)
+            return None
+        if provider_id is not None:
+            values: dict[str, object] = {"status": MessageStatus.SENT, "sent_at": now,
+                                         "provider_id": provider_id,
+                                         "last_error": "adopted after an interrupted send"}
+            outcome = "adopted"
+        elif message.attempts >= getattr(self.settings, message.channel).max_attempts:
+            values = {"status": MessageStatus.FAILED,
+                      "last_error": f"send interrupted {message.attempts} times"}
+            outcome = "failed"
+        else:
+            values = {"status": MessageStatus.PENDING}
+            outcome = "requeued"
+        with DbSession(self.engine) as db:
+            # Compare-and-swap on the claim as it was seen stale: a sender that renewed
+            # it meanwhile (its send started after all) keeps it.
+            done = db.exec(update(Message)
+                           .where(col(Message.id) == message.id,
+                                  col(Message.status) == MessageStatus.SENDING,
+                                  _same(Message.claim_token, message.claim_token),
+                                  col(Message.claimed_at) == message.claimed_at)
+                           .values(claim_token=None, claimed_at=None, updated_at=now, **values))
+            db.commit()
+        return outcome if done.rowcount == 1 else None
 
     def _already_sent(self, message: Message, patient: Patient) -> str | None:
         """The provider's id if it accepted this message before the interruption."""

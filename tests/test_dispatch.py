@@ -540,3 +540,28 @@ def test_the_send_time_check_agrees_with_the_whole_plan(clinic: Clinic) -> None:
                                 sessions=rows) == reason
             judged.append(wanted)
     assert any(judged) and not all(judged)
+
+
+def test_one_row_that_cannot_be_settled_does_not_hold_up_the_others(
+        clinic: Clinic, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Recovery caught only SendError: any other error on one stale row (its database
+    # write, the provider's client) ended the round and left every row after it stuck.
+    _due_for(clinic, 2)
+    now = SESSION + timedelta(hours=1)
+    dead = _app(clinic, FixedClock(now)).dispatcher()
+    claimed = sorted(claim.message_id for claim in dead.claim(10))  # then the sender dies
+    assert len(claimed) >= 2
+    recovery = _app(clinic, FixedClock(now)).dispatcher()
+    asked = recovery._already_sent
+
+    def broken_for_the_first(message: Message, patient: Patient) -> str | None:
+        if message.id == claimed[0]:
+            raise RuntimeError("the provider's client broke")
+        return asked(message, patient)
+
+    monkeypatch.setattr(recovery, "_already_sent", broken_for_the_first)
+    assert recover_at(recovery, now + timedelta(seconds=400)) == len(claimed) - 1
+    assert clinic.rows(f"SELECT status FROM message WHERE id = {claimed[0]}") == [("sending",)]
+    requeued = [i for (i,) in clinic.rows("SELECT id FROM message WHERE status = 'pending' "
+                                          "AND attempts = 1 ORDER BY id")]
+    assert requeued == claimed[1:]
