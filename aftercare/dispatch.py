@@ -763,6 +763,7 @@ class _Board:
         self.workers: list[threading.Thread] = []
         self.closed = self.halted = False
         self.error: BaseException | None = None  # what killed a worker (the pass stops)
+        self.renewed = dispatcher.clock()  # when the waiting claims were last renewed
 
     def stopping(self) -> bool:
         return self.halted or self.error is not None or (
@@ -782,7 +783,30 @@ class _Board:
                 if self.stopping():
                     return False
                 self.changed.wait(0.5)  # a timeout, to see `stop` (and beat the heartbeat)
+                self.renew_waiting()
         return not self.stopping()
+
+    def renew_waiting(self) -> None:
+        """Every quarter lease, renew the claims still waiting for a worker: behind a rate
+        shared with other daemons a claim can wait longer than its lease, and another
+        sender's recovery would take it (an attempt spent on nothing)."""
+        dispatcher = self.dispatcher
+        now = dispatcher.clock()
+        if (now - self.renewed).total_seconds() < dispatcher.settings.daemon.lease_seconds / 4:
+            return
+        self.renewed = now
+        with self.changed:  # no worker takes one meanwhile: a started send keeps its time
+            waiting = [claim for queue in self.waiting.values() for claim in queue]
+            if not waiting:
+                return
+            try:
+                with DbSession(dispatcher.engine) as db:
+                    for claim in waiting:  # guarded: one another sender took stays its
+                        db.exec(_guarded(claim).values(claimed_at=now, updated_at=now))
+                    db.commit()
+            except Exception as exc:
+                log.error("renewing %s waiting claims failed (%s)", len(waiting),
+                          type(exc).__name__)
 
     def add(self, token: str, claims: list[Claim], *, here: bool) -> None:
         """Hand `claims` (of `token`) to the workers; `here`: the pass sends the rest of that
@@ -825,6 +849,7 @@ class _Board:
             while worker.is_alive():
                 worker.join(0.5)
                 self.stopping()  # a long send in flight is not a stall: this beats
+                self.renew_waiting()
         with self.changed:
             left = [claim for queue in self.waiting.values() for claim in queue]
             self.waiting.clear()

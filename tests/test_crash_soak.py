@@ -33,6 +33,9 @@ TIMEOUT = 0.5  # sms.timeout_seconds; a slow reply comes after three times that
 LEASE = 30  # daemon.lease_seconds: the smallest the config allows
 # A daemon's life (start-up, then up to this long sending) sends a few dozen: every kill lands mid-queue.
 MOST_SECONDS = 1.5
+# Segments a second: a daemon's life sends at most 45 SMS however fast the machine, so the
+# queue outlives the five kills (unpaced, a fast run drained it after four).
+RATE = 30
 
 
 def test_sigkilled_daemons_under_twilio_faults_send_every_sms_exactly_once(
@@ -41,7 +44,7 @@ def test_sigkilled_daemons_under_twilio_faults_send_every_sms_exactly_once(
     rng = random.Random(SEED)
     fake_twilio.inject(Faults(rate=0.2, seed=SEED, slow_seconds=3 * TIMEOUT))
     with soak_clinic(tmp_path, f"sqlite:///{tmp_path / 'soak.db'}", fake_twilio, timeout=TIMEOUT,
-                     lease=LEASE) as clinic:
+                     lease=LEASE, rate=RATE) as clinic:
         started = datetime.now(UTC)
         day = write_sessions(tmp_path / "day.csv", range(PATIENTS), started - TWO_DUE_AGO,
                              timezone=midday_zone())

@@ -565,3 +565,43 @@ def test_one_row_that_cannot_be_settled_does_not_hold_up_the_others(
     requeued = [i for (i,) in clinic.rows("SELECT id FROM message WHERE status = 'pending' "
                                           "AND attempts = 1 ORDER BY id")]
     assert requeued == claimed[1:]
+
+
+def test_claims_waiting_for_a_worker_are_renewed_every_quarter_lease(clinic: Clinic) -> None:
+    # Behind a rate shared with other daemons a claim can wait in the pass longer than its
+    # lease; unrenewed, another sender's recovery took it and spent an attempt on nothing.
+    _due_for(clinic, 6)
+    now = SESSION + timedelta(hours=1)
+    clock = FixedClock(now)
+    in_flight, release = threading.Semaphore(0), threading.Event()
+
+    class Busy(ScriptedChannel):
+        concurrency = 2
+
+        def send(self, message: Outgoing) -> str:
+            in_flight.release()
+            release.wait(20)
+            return super().send(message)
+
+    sms = Busy("sms")
+    dispatcher = _app(clinic, clock, sms=sms).dispatcher()
+    passing = threading.Thread(target=dispatcher.run_once, daemon=True)
+    passing.start()
+    try:
+        for _ in range(2):  # both workers busy, four SMS waiting for them
+            assert in_flight.acquire(timeout=20)
+        later = now + timedelta(seconds=80)  # past a quarter of the 300 s lease
+        clock.now = later
+        stamp = f"{later:%Y-%m-%d %H:%M:%S.%f}"
+        deadline = datetime.now() + timedelta(seconds=20)
+        while clinic.count(f"message WHERE channel = 'sms' AND status = 'sending' "
+                           f"AND claimed_at = '{stamp}'") < 4:
+            assert datetime.now() < deadline, "the waiting claims were not renewed"
+            threading.Event().wait(0.05)
+    finally:
+        release.set()
+        passing.join(20)
+    assert not passing.is_alive()
+    assert sorted(m.patient_id or 0 for m in sms.sent) == [1, 2, 3, 4, 5, 6]
+    assert clinic.count("message WHERE channel = 'sms' AND step = 'first_48h' "
+                        "AND status = 'sent'") == 6

@@ -887,6 +887,9 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            # The client died mid-request (a SIGKILLed sender): like Twilio, nothing happens.
+            return
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
